@@ -1,0 +1,215 @@
+"""The ``kdforge`` command: train, eval, export, probe, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+EXAMPLES = """examples:
+  kdforge train configs/cifar100/kd/resnet32x4_resnet8x4.yaml --set data.root=~/data
+  torchrun --nproc_per_node 4 -m kdforge train RECIPE.yaml
+  kdforge train --resume runs/resnet32x4_resnet8x4-20261121-101500
+  kdforge eval RECIPE.yaml --checkpoint runs/.../best.pt
+  kdforge export runs/... --out student.safetensors
+  kdforge probe --teacher resnet32x4 --student resnet8x4
+  kdforge demo
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdforge",
+        description="Knowledge distillation in plain PyTorch.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train",
+        help="train a student (alone or distilled) from a recipe",
+        description="Train from a YAML recipe; each epoch writes last.pt/best.pt, "
+        "a JSONL log and TensorBoard events to the run folder.",
+    )
+    p.add_argument("config", nargs="?", help="recipe YAML (optional with --resume)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override recipe keys, e.g. --set optim.lr=0.1 data.root=~/data",
+    )
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a run from its last.pt with its saved config"
+    )
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint on the validation set",
+        description="Top-1/top-5 of the student (or teacher) of a recipe.",
+    )
+    p.add_argument("config", help="recipe YAML")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a kdforge run checkpoint (.pt), an export (.safetensors) or any "
+        "weights file the model loads",
+    )
+    p.add_argument(
+        "--model",
+        choices=["student", "teacher"],
+        default="student",
+        help="which model of the recipe to build (default student)",
+    )
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
+
+    p = sub.add_parser(
+        "export",
+        help="write the student of a run as .safetensors",
+        description="Student weights only (connectors dropped); load them with "
+        "kdforge.create_model(name, pretrained=OUT).",
+    )
+    p.add_argument("run_dir", help="run folder (or a checkpoint file)")
+    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--which", choices=["best", "last"], default="best")
+
+    p = sub.add_parser(
+        "probe",
+        help="list module paths and output shapes to pick taps",
+        description="Print every module path of teacher and student with its "
+        "output shape, from a recipe or from zoo names.",
+    )
+    p.add_argument("config", nargs="?", help="recipe YAML (or use --teacher/--student)")
+    p.add_argument("--teacher", help="zoo model name")
+    p.add_argument("--student", help="zoo model name")
+    p.add_argument(
+        "--input-size",
+        nargs=3,
+        type=int,
+        metavar=("C", "H", "W"),
+        help="input size (default: the model's own, e.g. 3 32 32 for CIFAR)",
+    )
+
+    p = sub.add_parser(
+        "demo",
+        help="a small real distillation on CPU (digits data set)",
+        description="Train a teacher, a student alone and a KD student on "
+        "scikit-learn's handwritten digits; print a table and draw the curves.",
+    )
+    p.add_argument("--out", default="runs/demo", help="folder for the table and plot")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: demo's)")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> None:
+    from kdforge.config import ConfigError, load_config
+    from kdforge.engine.build import build_trainer
+    from kdforge.engine.distributed import cleanup_distributed
+
+    if args.resume:
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume {args.resume}: no config.yaml there; not a kdforge run")
+        if args.config:
+            print(f"--resume: using {saved}; {args.config} is ignored", file=sys.stderr)
+        cfg = load_config(saved, args.overrides)
+        name = Path(args.resume).name
+    elif args.config:
+        cfg = load_config(args.config, args.overrides)
+        name = Path(args.config).stem
+    else:
+        raise ConfigError("kdforge train needs a recipe (CONFIG) or --resume RUN_DIR")
+    try:
+        trainer = build_trainer(cfg, recipe_name=name, resume=args.resume)
+        metrics = trainer.fit()
+        if trainer.dist.is_main:
+            shown = " ".join(f"{k}={v:.2f}" for k, v in metrics.items() if k != "count")
+            print(f"done: {trainer.run_dir} {shown}")
+    finally:
+        cleanup_distributed()
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from kdforge.config import load_config
+    from kdforge.engine.build import build_loaders, build_model
+    from kdforge.engine.distributed import init_distributed
+    from kdforge.engine.evaluate import evaluate_classifier
+    from kdforge.models import read_state_dict
+
+    cfg = load_config(args.config, args.overrides)
+    model_cfg = cfg[args.model]
+    if model_cfg.name is None:
+        raise SystemExit(f"the recipe has no {args.model}")
+    dist = init_distributed(cfg.train.device)
+    _, val_loader, num_classes = build_loaders(cfg.data, dist, cfg.train.seed)
+    model_cfg.pretrained = None
+    model = build_model(model_cfg, num_classes)
+    model.load_state_dict(read_state_dict(args.checkpoint))
+    metrics = evaluate_classifier(
+        model.to(dist.device), val_loader, dist.device, None, cfg.train.max_eval_batches
+    )
+    print(
+        f"{model_cfg.name} ({args.checkpoint}): top-1 {metrics['top1']:.2f}%, "
+        f"top-5 {metrics['top5']:.2f}%, loss {metrics['loss']:.4f} on {metrics['count']} images"
+    )
+
+
+def _probe(args: argparse.Namespace) -> None:
+    import torch
+
+    from kdforge.config import load_config
+    from kdforge.models import create_model, get_model_info
+    from kdforge.tools.probe import format_probe, probe_model
+
+    if args.config:
+        cfg = load_config(args.config)
+        names = {"teacher": cfg.teacher.name, "student": cfg.student.name}
+    else:
+        names = {"teacher": args.teacher, "student": args.student}
+    names = {role: name for role, name in names.items() if name}
+    if not names:
+        raise SystemExit("kdforge probe needs a recipe or --teacher/--student NAME")
+    for role, name in names.items():
+        info = get_model_info(name)
+        size = tuple(args.input_size or info.input_size)
+        model = create_model(name)
+        rows = probe_model(model, torch.zeros(1, *size))
+        print(format_probe(f"{role}: {name} on input 1x{'x'.join(map(str, size))}", rows))
+        print()
+
+
+def _export(args: argparse.Namespace) -> None:
+    from kdforge.tools.export import export_student
+
+    out = export_student(args.run_dir, args.out, args.which)
+    print(f"wrote {out}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from kdforge.demo import run_demo
+
+    run_demo(out_dir=args.out, epochs=args.epochs, seed=args.seed)
+
+
+COMMANDS = {"train": _train, "eval": _eval, "export": _export, "probe": _probe, "demo": _demo}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``kdforge`` command."""
+    args = _parser().parse_args(argv)
+    from kdforge.config import ConfigError
+
+    try:
+        COMMANDS[args.command](args)
+    except (ConfigError, FileNotFoundError, FileExistsError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        raise SystemExit(f"kdforge {args.command}: error: {message}") from None
+
+
+if __name__ == "__main__":
+    main()

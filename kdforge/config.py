@@ -1,0 +1,132 @@
+"""Recipes: one YAML file, merged over typed defaults, overridden with ``--set a.b=c``.
+
+Every key must exist in the schema below (loss terms are checked against their
+constructor's signature when they are built); an unknown key fails with the key's full
+name and the list of valid keys at that level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+__all__ = ["Config", "ConfigError", "load_config", "save_config"]
+
+
+class ConfigError(ValueError):
+    """A recipe or an override that does not fit the schema."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar100"  # cifar100 | cifar10 | imagefolder | digits
+    root: str | None = "data"  # folder that holds the data set (see kdforge.data)
+    batch_size: int = 64  # per process
+    eval_batch_size: int | None = None  # defaults to batch_size
+    num_workers: int = 4
+    options: dict[str, Any] = field(default_factory=dict)  # data-set specific, e.g. image_size
+
+
+@dataclass
+class ModelConfig:
+    name: str | None = None  # a zoo name (kdforge.list_models())
+    num_classes: int | None = None  # defaults to the data set's
+    pretrained: str | None = None  # .pth / .safetensors checkpoint to load
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.05
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
+    weight_decay: float = 5e-4
+    clip_grad_norm: float | None = None  # max global grad norm; None = no clipping
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "multistep"  # multistep | cosine | constant
+    epochs: int = 240
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])  # multistep
+    gamma: float = 0.1  # multistep
+    min_lr: float = 0.0  # cosine
+    warmup_epochs: float = 0.0  # linear warm-up from warmup_factor * lr
+    warmup_factor: float = 0.001
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    amp: str = "none"  # none | bf16 | fp16 (fp16 needs CUDA)
+    device: str = "auto"  # auto | cpu | cuda | mps
+    out_dir: str = "runs"
+    name: str | None = None  # run folder under out_dir; default: recipe name + time
+    check_teacher: bool = True  # stop if the teacher scores at chance on validation
+    max_steps: int | None = None  # stop after this many steps (smoke tests, benchmarks)
+    max_eval_batches: int | None = None  # evaluate on the first batches only
+    eval_every: int = 1  # epochs between evaluations (the last epoch always evaluates)
+    log_every: int = 20  # steps between log lines
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: ModelConfig = field(default_factory=ModelConfig)  # name None: no teacher
+    student: ModelConfig = field(default_factory=ModelConfig)
+    # {term name: {type: <kdforge.losses.TERMS key, default the name>, **kwargs}}
+    loss: dict[str, Any] = field(default_factory=lambda: {"ce": {}})
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _valid_keys(full_key: str) -> list[str]:
+    node: Any = Config
+    for part in full_key.split(".")[:-1]:
+        types = {f.name: f.default_factory for f in fields(node)}  # type: ignore[arg-type]
+        factory = types.get(part)
+        if factory is None or not hasattr(factory(), "__dataclass_fields__"):
+            return []
+        node = type(factory())
+    return [f.name for f in fields(node)]
+
+
+def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)  # type: ignore[return-value]
+    except ConfigKeyError as err:
+        key = getattr(err, "full_key", None) or str(err)
+        valid = _valid_keys(key)
+        hint = f"; valid keys there: {', '.join(valid)}" if valid else ""
+        raise ConfigError(f"{source}: unknown config key {key!r}{hint}") from None
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", "")
+        raise ConfigError(f"{source}: bad value for {key!r}: {err.msg}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """Load a recipe over the defaults and apply ``key=value`` overrides, in that order."""
+    cfg = OmegaConf.structured(Config)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        cfg = _merge(cfg, OmegaConf.load(path), str(path))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.1)")
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"--set {item}")
+    if cfg.student.name is None:
+        raise ConfigError("student.name is not set; pick one of kdforge.list_models()")
+    return cfg
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (what the run actually used)."""
+    Path(path).write_text(OmegaConf.to_yaml(cfg, resolve=True))

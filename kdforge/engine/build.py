@@ -1,0 +1,232 @@
+"""The one place where a recipe (a resolved config) becomes objects and a training run."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from kdforge.config import ConfigError, save_config
+from kdforge.data import build_datasets
+from kdforge.distiller import Distiller
+from kdforge.engine.checkpoint import load_checkpoint
+from kdforge.engine.distributed import DistInfo, init_distributed
+from kdforge.engine.evaluate import evaluate_classifier
+from kdforge.engine.logging import RunLogger
+from kdforge.engine.optim import build_optimizer, build_scheduler
+from kdforge.engine.trainer import AMP_DTYPES, Trainer, seed_everything
+from kdforge.losses import TERMS, LossTerm
+from kdforge.models import create_model
+
+__all__ = [
+    "ShardSampler",
+    "build_loaders",
+    "build_model",
+    "build_terms",
+    "build_trainer",
+    "check_teacher_accuracy",
+]
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...``: disjoint shards that cover the data set once."""
+
+    def __init__(self, dataset: Dataset, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = range(rank, len(dataset), world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def build_terms(loss_cfg: dict[str, Any]) -> dict[str, LossTerm]:
+    """``{name: {type: key, **kwargs}}`` -> ``{name: TERMS[key](**kwargs)}``, checked."""
+    terms = {}
+    for name, spec in loss_cfg.items():
+        spec = dict(spec or {})
+        kind = spec.pop("type", name)
+        if kind not in TERMS:
+            raise ConfigError(
+                f"loss.{name}: unknown loss type {kind!r}; valid types: {', '.join(TERMS)} "
+                "(set `type:` when the term's name is not its type)"
+            )
+        params = inspect.signature(TERMS[kind]).parameters
+        unknown = sorted(set(spec) - set(params))
+        if unknown:
+            raise ConfigError(
+                f"loss.{name} ({kind}): unknown key(s) {unknown}; valid keys: type, "
+                f"{', '.join(params)}"
+            )
+        missing = [
+            p for p, v in params.items() if v.default is inspect.Parameter.empty and p not in spec
+        ]
+        if missing:
+            raise ConfigError(f"loss.{name} ({kind}): missing required key(s) {missing}")
+        terms[name] = TERMS[kind](**spec)
+    return terms
+
+
+def build_model(model_cfg: DictConfig, num_classes: int) -> nn.Module:
+    """Build a zoo model from ``{name, num_classes, pretrained}``."""
+    return create_model(
+        model_cfg.name,
+        num_classes=model_cfg.num_classes or num_classes,
+        pretrained=model_cfg.pretrained,
+    )
+
+
+def build_loaders(
+    data_cfg: DictConfig, dist: DistInfo, seed: int
+) -> tuple[DataLoader, DataLoader, int]:
+    """Train and validation loaders (sharded over processes) and the number of classes."""
+    options = OmegaConf.to_container(data_cfg.options, resolve=True)
+    train_set, val_set = build_datasets(data_cfg.name, data_cfg.root, **options)
+    pin = dist.device.type == "cuda"
+    workers = data_cfg.num_workers
+    train_sampler = DistributedSampler(
+        train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed
+    )
+    train = DataLoader(
+        train_set,
+        batch_size=data_cfg.batch_size,
+        sampler=train_sampler,
+        num_workers=workers,
+        pin_memory=pin,
+        drop_last=False,
+        generator=torch.Generator(),
+        persistent_workers=False,
+    )
+    val = DataLoader(
+        val_set,
+        batch_size=data_cfg.eval_batch_size or data_cfg.batch_size,
+        sampler=ShardSampler(val_set, dist.rank, dist.world_size),
+        num_workers=workers,
+        pin_memory=pin,
+    )
+    return train, val, train_set.num_classes
+
+
+def check_teacher_accuracy(top1: float, num_classes: int, count: int, name: str) -> None:
+    """Fail when the teacher is not clearly better than guessing (3 sigma above chance)."""
+    chance = 100.0 / num_classes
+    sigma = 100.0 * math.sqrt((chance / 100) * (1 - chance / 100) / max(count, 1))
+    if top1 <= chance + 3 * sigma:
+        raise RuntimeError(
+            f"teacher {name!r} scores {top1:.2f}% top-1 on the validation set, no better than "
+            f"chance ({chance:.2f}%). Set teacher.pretrained to a trained checkpoint, or "
+            "train.check_teacher=false to distil from it anyway."
+        )
+
+
+def _run_dir(cfg: DictConfig, recipe_name: str, dist: DistInfo) -> Path:
+    name = cfg.train.name or f"{recipe_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if dist.distributed:  # every process must use rank 0's folder name
+        box = [name]
+        torch.distributed.broadcast_object_list(box, src=0)
+        name = box[0]
+    return Path(cfg.train.out_dir) / name
+
+
+def build_trainer(
+    cfg: DictConfig,
+    recipe_name: str = "run",
+    resume: str | Path | None = None,
+    dist: DistInfo | None = None,
+) -> Trainer:
+    """Build data, models, loss terms, optimizer, schedule and the trainer from ``cfg``.
+
+    With ``resume`` (a run folder), the trainer continues from its ``last.pt``.
+    """
+    dist = dist or init_distributed(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    terms = build_terms(OmegaConf.to_container(cfg.loss, resolve=True))
+    if any(t.needs_teacher for t in terms.values()) and cfg.teacher.name is None:
+        raise ConfigError("the loss terms need a teacher but teacher.name is not set")
+    if cfg.train.amp not in AMP_DTYPES:
+        raise ConfigError(f"train.amp must be one of {list(AMP_DTYPES)}, got {cfg.train.amp!r}")
+    train_loader, val_loader, num_classes = build_loaders(cfg.data, dist, cfg.train.seed)
+    student = build_model(cfg.student, num_classes).to(dist.device)
+    teacher = build_model(cfg.teacher, num_classes).to(dist.device) if cfg.teacher.name else None
+    amp_dtype = AMP_DTYPES[cfg.train.amp]
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        return evaluate_classifier(
+            model, val_loader, dist.device, amp_dtype, cfg.train.max_eval_batches
+        )
+
+    run_dir = Path(resume) if resume else _run_dir(cfg, recipe_name, dist)
+    if not resume and (run_dir / "last.pt").exists():
+        raise FileExistsError(
+            f"{run_dir} already holds a run; resume it with --resume {run_dir} or pick another "
+            "train.name"
+        )
+    log = RunLogger(run_dir, enabled=dist.is_main)
+    if dist.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+    if teacher is not None and not resume:
+        metrics = evaluate(teacher)
+        log.log("teacher", 0, **metrics)
+        log.print(
+            f"teacher {cfg.teacher.name}: top-1 {metrics['top1']:.2f}%, "
+            f"top-5 {metrics['top5']:.2f}%"
+        )
+        if cfg.train.check_teacher:
+            check_teacher_accuracy(metrics["top1"], num_classes, metrics["count"], cfg.teacher.name)
+
+    example = torch.stack([train_loader.dataset[i][0] for i in range(2)]).to(dist.device)
+    distiller = Distiller(teacher, student, terms, example_input=example)
+    model: nn.Module = distiller
+    if dist.distributed:
+        ids = [dist.local_rank] if dist.device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(distiller, device_ids=ids)
+    params = [p for p in distiller.parameters() if p.requires_grad]
+    optim = cfg.optim
+    optimizer = build_optimizer(
+        params,
+        optim.name,
+        optim.lr,
+        optim.momentum,
+        optim.nesterov,
+        tuple(optim.betas),
+        optim.weight_decay,
+    )
+    schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
+    epochs = schedule.pop("epochs")
+    scheduler = build_scheduler(optimizer, len(train_loader), epochs, **schedule)
+    meta = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "student_name": cfg.student.name,
+        "num_classes": cfg.student.num_classes or num_classes,
+    }
+    trainer = Trainer(
+        model,
+        optimizer,
+        scheduler,
+        train_loader,
+        evaluate,
+        run_dir,
+        epochs,
+        dist,
+        metric="top1",
+        amp=cfg.train.amp,
+        clip_grad_norm=optim.clip_grad_norm,
+        seed=cfg.train.seed,
+        max_steps=cfg.train.max_steps,
+        eval_every=cfg.train.eval_every,
+        log_every=cfg.train.log_every,
+        logger=log,
+        meta=meta,
+    )
+    if resume:
+        trainer.load_state_dict(load_checkpoint(run_dir / "last.pt"))
+        log.print(f"resumed {run_dir} after epoch {trainer.epoch} (step {trainer.step})")
+    return trainer

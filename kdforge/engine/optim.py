@@ -1,0 +1,79 @@
+"""Optimizers and per-step learning-rate schedules (multistep, cosine, warm-up)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+__all__ = ["build_optimizer", "build_scheduler", "lr_factor"]
+
+
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter],
+    name: str = "sgd",
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 5e-4,
+) -> torch.optim.Optimizer:
+    """SGD (with momentum) or AdamW over ``params``; weight decay applies to all of them."""
+    params = list(params)
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
+        )
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    raise ValueError(f"optim.name must be 'sgd' or 'adamw', got {name!r}")
+
+
+def lr_factor(
+    step: int,
+    steps_per_epoch: int,
+    epochs: int,
+    name: str = "multistep",
+    milestones: Iterable[int] = (),
+    gamma: float = 0.1,
+    min_lr_ratio: float = 0.0,
+    warmup_epochs: float = 0.0,
+    warmup_factor: float = 0.001,
+) -> float:
+    """Multiplier of the base LR at optimizer step ``step`` (0-based).
+
+    multistep: ``gamma ** (number of milestones <= current epoch)``, i.e. mdistiller's
+    epoch-wise decay (0-based epoch 150 is its 1-based epoch 151, the first decayed one).
+    cosine: half a cosine from 1 to ``min_lr_ratio`` over the steps after the warm-up.
+    A linear warm-up from ``warmup_factor`` to the schedule's value covers the first
+    ``warmup_epochs`` (fractions allowed).
+    """
+    epoch = step // steps_per_epoch
+    warmup_steps = round(warmup_epochs * steps_per_epoch)
+    if name == "multistep":
+        factor = gamma ** sum(epoch >= m for m in milestones)
+    elif name == "cosine":
+        total = max(epochs * steps_per_epoch - warmup_steps, 1)
+        progress = min(max(step - warmup_steps, 0) / total, 1.0)
+        factor = min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    elif name == "constant":
+        factor = 1.0
+    else:
+        raise ValueError(f"schedule.name must be multistep, cosine or constant, got {name!r}")
+    if step < warmup_steps:
+        alpha = step / warmup_steps
+        factor *= warmup_factor + (1 - warmup_factor) * alpha
+    return factor
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int, **schedule
+) -> LambdaLR:
+    """A ``LambdaLR`` stepped once per optimizer step, following :func:`lr_factor`."""
+    min_lr = schedule.pop("min_lr", 0.0)
+    base_lr = optimizer.param_groups[0]["lr"]
+    schedule["min_lr_ratio"] = min_lr / base_lr if base_lr else 0.0
+    lr_factor(0, steps_per_epoch, epochs, **schedule)  # fail now on a bad schedule name
+    return LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, epochs, **schedule))

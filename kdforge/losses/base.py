@@ -1,0 +1,93 @@
+"""The contract every loss term follows, and what it is given each step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["DistillBatch", "LossTerm", "ShapeTree", "describe_mismatch", "shape_tree"]
+
+ShapeTree = Any  # torch.Size, or a list/tuple/dict of them, mirroring a tapped value
+
+
+def shape_tree(value: Any) -> ShapeTree:
+    """Replace every tensor in a (nested) output by its shape."""
+    if isinstance(value, Tensor):
+        return value.shape
+    if isinstance(value, (list, tuple)):
+        return type(value)(shape_tree(v) for v in value)
+    if isinstance(value, dict):
+        return {k: shape_tree(v) for k, v in value.items()}
+    return None
+
+
+@dataclass
+class DistillBatch:
+    """Everything a loss term may read in one training step.
+
+    Feature dicts are keyed by module path (see :class:`kdforge.FeatureTaps`); teacher
+    values are computed without autograd. ``epoch`` counts completed epochs (0 first).
+    """
+
+    student_output: Any
+    teacher_output: Any
+    student_features: dict[str, Any]
+    teacher_features: dict[str, Any]
+    targets: Any
+    epoch: int = 0
+
+
+class LossTerm(nn.Module):
+    """Base class of a loss term: declares its taps, builds its learnable parts, returns losses.
+
+    Subclasses set ``weight``, list the module paths they read in ``student_taps`` /
+    ``teacher_taps`` (``""`` is the model output), and implement ``forward(batch)``
+    returning a weighted scalar, or a dict of named weighted scalars. ``build`` is called
+    once with the shapes of the first batch, to check them and to create connectors.
+    """
+
+    needs_teacher: bool = True
+
+    def __init__(self, weight: float = 1.0) -> None:
+        super().__init__()
+        self.weight = float(weight)
+
+    @property
+    def student_taps(self) -> list[str]:
+        return []
+
+    @property
+    def teacher_taps(self) -> list[str]:
+        return []
+
+    def build(
+        self, student_shapes: dict[str, ShapeTree], teacher_shapes: dict[str, ShapeTree]
+    ) -> None:
+        """Check the probed shapes (``{path: shape}``) and create learnable parts from them."""
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight:g}"
+
+
+def describe_mismatch(
+    term: str,
+    student_path: str,
+    student_shape: ShapeTree,
+    teacher_path: str,
+    teacher_shape: ShapeTree,
+    fix: str,
+) -> str:
+    """One message naming both modules, both shapes and the connector that would fix it."""
+    s = "output" if student_path == "" else f"module {student_path!r}"
+    t = "output" if teacher_path == "" else f"module {teacher_path!r}"
+    return (
+        f"{term}: student {s} has shape {_fmt(student_shape)} but teacher {t} has shape "
+        f"{_fmt(teacher_shape)}. {fix}"
+    )
+
+
+def _fmt(shape: ShapeTree) -> str:
+    return str(tuple(shape)) if isinstance(shape, torch.Size) else str(shape)
