@@ -126,7 +126,7 @@ class Distiller(nn.Module):
             s_out, s_feats = self._run_student(inputs)
             if not self._built:
                 self._build(t_out, t_feats, s_out, s_feats)
-                if False:
+                if self._built_params and self.training:
                     raise RuntimeError(
                         f"loss terms created {self._built_params} parameters from the first "
                         "batch's shapes, after the optimizer could see them. Pass "

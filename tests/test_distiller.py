@@ -149,6 +149,20 @@ def test_no_gradient_reaches_the_teacher() -> None:
     assert all(p.grad is not None for p in distiller.terms["fit"].parameters())
 
 
+def test_teacher_runs_without_autograd_even_for_inputs_that_require_grad() -> None:
+    # frozen parameters alone would not do: an input that requires grad (adversarial
+    # training, input-gradient methods) would still build a graph through the teacher.
+    teacher, student = _pair()
+    recorder = Recorder(taps=("relu",))
+    distiller = Distiller(teacher, student, {"kd": KDLoss(), "rec": recorder}).train()
+    x, y = _data()
+    distiller(x.requires_grad_(True), y)
+    batch = recorder.seen[-1]
+    assert batch.student_output.requires_grad
+    assert not batch.teacher_output.requires_grad
+    assert not batch.teacher_features["relu"].requires_grad
+
+
 def test_losses_are_named_and_weighted() -> None:
     teacher, student = _pair()
     terms = {

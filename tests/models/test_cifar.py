@@ -196,12 +196,8 @@ def test_registry_lists_the_cifar_zoo():
 
 
 @pytest.mark.parametrize("name", sorted(CIFAR_MODELS))
-def test_forward_shape_and_parameter_count(name):
-    model = _model(name)
-    with torch.no_grad():
-        out = model(torch.randn(2, 3, 32, 32))
-    assert isinstance(out, torch.Tensor) and out.shape == (2, 100)
-    n_params = sum(p.numel() for p in model.parameters())
+def test_parameter_count(name):
+    n_params = sum(p.numel() for p in _model(name).parameters())
     assert n_params == PARAM_COUNTS[name]
     if name in PUBLISHED_M:
         assert abs(n_params / 1e6 - PUBLISHED_M[name]) <= 0.01
@@ -214,7 +210,10 @@ def test_num_classes_argument():
 
 
 @pytest.mark.parametrize("name", sorted(CIFAR_MODELS))
-def test_feature_info_hooks_and_pooled_logits(name):
+def test_forward_and_feature_info(name):
+    """Logits only; each feature_info module's output has the stated shape, is not
+    modified in place afterwards, and the last one pooled into the classifier gives
+    the logits."""
     model = _model(name)
     info = model.feature_info
     assert info and all(set(d) == {"module", "num_chs", "reduction"} for d in info)
@@ -232,6 +231,7 @@ def test_feature_info_hooks_and_pooled_logits(name):
     finally:
         for h in handles:
             h.remove()
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 100)
     for d in info:
         out, snapshot = captured[d["module"]]
         size = 32 // d["reduction"]
@@ -267,10 +267,9 @@ def test_resnet8x4_full_key_list():
 @pytest.mark.parametrize(
     "name", ["resnet8x4", "resnet32x4", "wrn_40_2", "vgg13", "ShuffleV1", "MobileNetV2", "ResNet50"]
 )
-@pytest.mark.parametrize("nest", ["model", "net"])
-def test_repdistiller_checkpoint_loads(name, nest, tmp_path):
+def test_repdistiller_checkpoint_loads(name, tmp_path, nest="model"):
     state = {k: v.clone() for k, v in _model(name).state_dict().items()}
-    for k, v in state.items():
+    for v in state.values():
         if v.is_floating_point():
             v.add_(0.5)
     path = tmp_path / "ckpt_epoch_240.pth"
@@ -278,6 +277,10 @@ def test_repdistiller_checkpoint_loads(name, nest, tmp_path):
     model = create_model(name, pretrained=path)
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
+
+
+def test_mdistiller_net_checkpoint_loads(tmp_path):
+    test_repdistiller_checkpoint_loads("resnet8x4", tmp_path, nest="net")
 
 
 def test_mismatched_checkpoint_is_refused(tmp_path):

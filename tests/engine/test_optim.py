@@ -1,0 +1,65 @@
+import itertools
+
+import pytest
+import torch
+
+from kdforge.engine.optim import build_optimizer, build_scheduler, lr_factor
+
+
+def test_multistep_matches_mdistiller_epoch_decay():
+    # mdistiller: lr = base * 0.1 ** sum(epoch_1based > stages); stages 150/180/210.
+    steps_per_epoch = 3
+    for epoch0 in range(240):
+        expected = 0.1 ** sum(epoch0 + 1 > s for s in (150, 180, 210))
+        got = lr_factor(
+            epoch0 * steps_per_epoch + 1, steps_per_epoch, 240, "multistep", (150, 180, 210), 0.1
+        )
+        assert got == pytest.approx(expected)
+
+
+def test_cosine_with_warmup_endpoints_and_monotonic():
+    kw = dict(
+        steps_per_epoch=10,
+        epochs=10,
+        name="cosine",
+        min_lr_ratio=0.01,
+        warmup_epochs=2,
+        warmup_factor=0.1,
+    )
+    assert lr_factor(0, **kw) == pytest.approx(0.1)
+    assert lr_factor(10, **kw) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(20, **kw) == pytest.approx(1.0)
+    values = [lr_factor(s, **kw) for s in range(20, 100)]
+    assert all(a >= b for a, b in itertools.pairwise(values))
+    assert lr_factor(100, **kw) == pytest.approx(0.01)
+
+
+def test_scheduler_steps_per_optimizer_step_and_restores():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    opt = build_optimizer(params, "sgd", lr=0.5, weight_decay=0.0)
+    sched = build_scheduler(
+        opt, steps_per_epoch=2, epochs=4, name="multistep", milestones=[1, 3], gamma=0.1
+    )
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.5, 0.5, 0.05, 0.05, 0.05, 0.05, 0.005, 0.005])
+    opt2 = build_optimizer(params, "sgd", lr=0.5, weight_decay=0.0)
+    sched2 = build_scheduler(
+        opt2, steps_per_epoch=2, epochs=4, name="multistep", milestones=[1, 3], gamma=0.1
+    )
+    sched2.load_state_dict(sched.state_dict())
+    opt2.load_state_dict(opt.state_dict())
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.005)
+
+
+def test_bad_names_fail_early():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    with pytest.raises(ValueError, match="optim.name"):
+        build_optimizer(params, "adam_typo")
+    opt = build_optimizer(params, "adamw", lr=1e-3)
+    assert isinstance(opt, torch.optim.AdamW)
+    with pytest.raises(ValueError, match="schedule.name"):
+        build_scheduler(opt, 1, 1, name="poly_typo")

@@ -1,0 +1,118 @@
+import json
+
+import pytest
+import torch
+
+from kdforge.config import load_config
+from kdforge.engine.build import build_trainer, check_teacher_accuracy
+from kdforge.engine.trainer import NonFiniteLossError
+
+KD_RECIPE = [
+    "teacher.name=resnet14",
+    "student.name=resnet8",
+    "loss={ce: {weight: 0.1}, kd: {weight: 0.9}, hint: {type: fitnet, student_layer: layer2, "
+    "teacher_layer: layer2, weight: 1.0}}",
+    "optim.lr=0.05",
+    "schedule.epochs=2",
+    "schedule.milestones=[1]",
+]
+
+
+def _trainer(overrides, resume=None):
+    return build_trainer(load_config(None, overrides), "test", resume=resume)
+
+
+def test_run_folder_holds_config_logs_tensorboard_and_checkpoints(tiny_overrides, tmp_path):
+    trainer = _trainer(tiny_overrides + KD_RECIPE)
+    metrics = trainer.fit()
+    run = tmp_path / "run"
+    assert {"config.yaml", "log.jsonl", "last.pt", "best.pt", "tensorboard"} <= {
+        p.name for p in run.iterdir()
+    }
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    kinds = {r["kind"] for r in records}
+    assert kinds == {"teacher", "train", "val"}
+    train = [r for r in records if r["kind"] == "train"]
+    assert {"ce", "kd", "hint", "lr", "images_per_s"} <= set(train[0])
+    assert metrics["count"] == 24 and 0 <= metrics["top1"] <= 100
+    last = torch.load(run / "last.pt", weights_only=False)
+    assert last["epoch"] == 2 and last["step"] == 12
+    assert "connector.conv.weight" in "".join(last["terms"])  # the FitNet connector is saved
+
+
+def test_resume_continues_exactly(tiny_overrides, tmp_path):
+    full = _trainer(tiny_overrides + KD_RECIPE + ["train.name=full"])
+    full.fit()
+    # the same run stopped after its first epoch (6 steps), then resumed from its folder
+    first = _trainer(tiny_overrides + KD_RECIPE + ["train.name=split", "train.max_steps=6"])
+    first.fit()
+    assert first.epoch == 1
+    saved = tmp_path / "split" / "config.yaml"
+    resumed = build_trainer(load_config(saved, ["train.max_steps=null"]), resume=saved.parent)
+    assert (resumed.epoch, resumed.step) == (1, 6)
+    resumed.fit()
+    a = full.distiller.student.state_dict()
+    b = resumed.distiller.student.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.005)
+
+
+def test_existing_run_is_not_overwritten(tiny_overrides):
+    _trainer(tiny_overrides + KD_RECIPE + ["train.max_steps=1"]).fit()
+    with pytest.raises(FileExistsError, match="--resume"):
+        _trainer(tiny_overrides + KD_RECIPE)
+
+
+def test_teacher_at_chance_is_an_error(tiny_overrides):
+    overrides = [o for o in tiny_overrides if "check_teacher" not in o]
+    with pytest.raises(RuntimeError, match="chance"):
+        _trainer(overrides + KD_RECIPE)
+
+
+def test_check_teacher_accuracy_threshold():
+    check_teacher_accuracy(40.0, 10, 1000, "t")  # clearly above 10% chance
+    with pytest.raises(RuntimeError, match="teacher.pretrained"):
+        check_teacher_accuracy(11.0, 10, 1000, "t")  # within 3 sigma (2.8 points) of chance
+
+
+def test_non_finite_loss_names_step_term_and_checkpoint(tiny_overrides, tmp_path):
+    trainer = _trainer(tiny_overrides + KD_RECIPE)
+    kd = trainer.distiller.terms["kd"]
+    original = kd.forward
+
+    def nan_in_second_epoch(batch):
+        return original(batch) * (float("nan") if batch.epoch == 1 else 1.0)
+
+    kd.forward = nan_in_second_epoch
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert "epoch 2" in message and "step 6" in message and "'kd'" in message
+    assert str(tmp_path / "run" / "last.pt") in message
+
+
+def test_gradient_clipping_bounds_the_norm(tiny_overrides):
+    trainer = _trainer(
+        tiny_overrides + KD_RECIPE + ["optim.clip_grad_norm=0.001", "train.max_steps=2"]
+    )
+    norms = []
+    step = trainer.optimizer.step
+
+    def record_then_step(*args, **kwargs):
+        grads = [p.grad.norm() for p in trainer.params if p.grad is not None]
+        norms.append(torch.stack(grads).norm().item())
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = record_then_step
+    trainer.fit()
+    assert len(norms) == 2 and max(norms) <= 0.001 * 1.0001
+
+
+def test_bf16_autocast_trains_and_fp16_needs_cuda(tiny_overrides):
+    trainer = _trainer(tiny_overrides + KD_RECIPE + ["train.amp=bf16", "train.max_steps=1"])
+    metrics = trainer.fit()
+    assert torch.isfinite(torch.tensor(metrics["loss"]))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="fp16 needs CUDA"):
+            _trainer(tiny_overrides + KD_RECIPE + ["train.amp=fp16", "train.name=fp16"])
