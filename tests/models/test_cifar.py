@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -241,10 +242,23 @@ def test_forward_and_feature_info(name):
     assert last.shape[1] == model.num_features
     head = model.get_submodule(model.classifier_name)
     assert isinstance(head, nn.Linear) and head is model.get_classifier()
-    pooled = F.adaptive_avg_pool2d(last, 1).flatten(1)
-    torch.testing.assert_close(head(pooled), logits, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
-        assert model.forward_features(torch.zeros(1, 3, 32, 32)).shape == last[:1].shape
+        pooled = F.adaptive_avg_pool2d(last, 1).flatten(1)
+        torch.testing.assert_close(head(pooled), logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "wrn_16_1", "vgg8", "MobileNetV2", "ShuffleV2"])
+def test_forward_features_is_the_last_feature_map(name):
+    model = _model(name)
+    captured = []
+    module = model.get_submodule(model.feature_info[-1]["module"])
+    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        with torch.no_grad():
+            features = model.forward_features(torch.randn(1, 3, 32, 32))
+    finally:
+        handle.remove()
+    assert len(captured) == 1 and torch.equal(features, captured[0])
 
 
 @pytest.mark.parametrize("name", sorted(CIFAR_MODELS))
@@ -264,23 +278,27 @@ def test_resnet8x4_full_key_list():
     assert list(_model("resnet8x4").state_dict()) == _resnet8x4_keys()
 
 
-@pytest.mark.parametrize(
-    "name", ["resnet8x4", "resnet32x4", "wrn_40_2", "vgg13", "ShuffleV1", "MobileNetV2", "ResNet50"]
-)
-def test_repdistiller_checkpoint_loads(name, tmp_path, nest="model"):
+def _check_checkpoint_roundtrip(name: str, path: Path, nest: str) -> None:
+    """Save perturbed weights as ``{nest: state_dict, "epoch": 240}`` and load them back."""
     state = {k: v.clone() for k, v in _model(name).state_dict().items()}
     for v in state.values():
         if v.is_floating_point():
             v.add_(0.5)
-    path = tmp_path / "ckpt_epoch_240.pth"
     torch.save({nest: state, "epoch": 240}, path)
     model = create_model(name, pretrained=path)
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
 
 
+@pytest.mark.parametrize(
+    "name", ["resnet8x4", "resnet32x4", "wrn_40_2", "vgg13", "ShuffleV1", "MobileNetV2", "ResNet50"]
+)
+def test_repdistiller_checkpoint_loads(name, tmp_path):
+    _check_checkpoint_roundtrip(name, tmp_path / "ckpt_epoch_240.pth", nest="model")
+
+
 def test_mdistiller_net_checkpoint_loads(tmp_path):
-    test_repdistiller_checkpoint_loads("resnet8x4", tmp_path, nest="net")
+    _check_checkpoint_roundtrip("resnet8x4", tmp_path / "ckpt_epoch_240.pth", nest="net")
 
 
 def test_mismatched_checkpoint_is_refused(tmp_path):
