@@ -235,9 +235,7 @@ def run_demo(
     teacher_epochs = teacher_epochs or epochs or TEACHER_EPOCHS
     out.mkdir(parents=True, exist_ok=True)
     removed = _clear_previous(out)
-    common = dict(
-        image_size=image_size, test_fraction=test_fraction, batch_size=batch_size, lr=lr
-    )
+    common = dict(image_size=image_size, test_fraction=test_fraction, batch_size=batch_size, lr=lr)
     print(
         f"kdforge demo: digits at {image_size}x{image_size} px, {1 - test_fraction:.0%} of it "
         f"for training; teacher {teacher}, student {student}; seed {seed}; CPU.\n"

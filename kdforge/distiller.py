@@ -86,7 +86,9 @@ class Distiller(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            self._build(*self._run_teacher(example_input), *self._run_student(example_input))
+            _, teacher_features = self._run_teacher(example_input)
+            _, student_features = self._run_student(example_input)
+            self._build(student_features, teacher_features)
         finally:
             self._clear_taps()  # keep no activations of the example batch
             self.train(was_training)
@@ -109,26 +111,28 @@ class Distiller(nn.Module):
         if self.teacher_taps is not None:
             self.teacher_taps.clear()
 
-    def _build(self, t_out: Any, t_feats: dict, s_out: Any, s_feats: dict) -> None:
-        student_shapes = {"": shape_tree(s_out)} | {k: shape_tree(v) for k, v in s_feats.items()}
-        teacher_shapes = {"": shape_tree(t_out)} | {k: shape_tree(v) for k, v in t_feats.items()}
-        n_params = sum(p.numel() for p in self.terms.parameters())
+    def _build(self, student_features: dict, teacher_features: dict) -> int:
+        """Give every term the probed shapes; return how many parameters they created."""
+        student_shapes = {k: shape_tree(v) for k, v in student_features.items()}
+        teacher_shapes = {k: shape_tree(v) for k, v in teacher_features.items()}
+        before = sum(p.numel() for p in self.terms.parameters())
         for term in self.terms.values():
             term.build(student_shapes, teacher_shapes)
         device = next(self.student.parameters()).device
         self.terms.to(device).train(self.training)  # new connectors follow the mode
         self._built = True
-        self._built_params = sum(p.numel() for p in self.terms.parameters()) - n_params
+        return sum(p.numel() for p in self.terms.parameters()) - before
 
     def forward(self, inputs: Any, targets: Any) -> tuple[Any, dict[str, Tensor]]:
         try:
             t_out, t_feats = self._run_teacher(inputs)
             s_out, s_feats = self._run_student(inputs)
             if not self._built:
-                self._build(t_out, t_feats, s_out, s_feats)
-                if self._built_params and self.training:
+                created = self._build(s_feats, t_feats)
+                if created and self.training:
+                    self._built = False  # every later forward fails the same way
                     raise RuntimeError(
-                        f"loss terms created {self._built_params} parameters from the first "
+                        f"loss terms created {created} parameters from the first "
                         "batch's shapes, after the optimizer could see them. Pass "
                         "example_input= to Distiller or call distiller.probe(inputs) before "
                         "creating the optimizer."

@@ -219,6 +219,8 @@ def test_training_forward_without_probe_raises_for_fitnet() -> None:
     with pytest.raises(RuntimeError, match="probe"):
         distiller(*_data())
     _assert_taps_empty(distiller)
+    with pytest.raises(RuntimeError, match="probe"):  # and keeps failing, never silently
+        distiller(*_data())
 
 
 def test_probe_method_builds_the_connector() -> None:

@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from kdforge.config import load_config
@@ -65,16 +64,6 @@ for _m in STUDENTS + TEACHERS:
 
 def _id(path: Path) -> str:
     return str(path.relative_to(CONFIGS).with_suffix(""))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these batch-4 runs only lose time to thread hand-offs, and far
-    more so on a shared, busy machine (resnet56 forward: 0.04 s vs 0.17 s with 2 threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdforge.losses.base import DistillBatch, LossTerm
-from kdforge.losses.kd import KDLoss
+from kdforge.losses.kd import check_same_classes
 
 __all__ = ["DKDLoss", "dkd_loss"]
 
@@ -66,7 +66,8 @@ class DKDLoss(LossTerm):
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
         self.warmup_epochs = warmup_epochs
 
-    build = KDLoss.build  # same requirement: logits over the same classes
+    def build(self, student_shapes, teacher_shapes) -> None:
+        check_same_classes("dkd", student_shapes, teacher_shapes)
 
     def forward(self, batch: DistillBatch) -> Tensor:
         ramp = min((batch.epoch + 1) / self.warmup_epochs, 1.0) if self.warmup_epochs else 1.0

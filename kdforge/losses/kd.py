@@ -7,7 +7,7 @@ from torch import Tensor
 
 from kdforge.losses.base import DistillBatch, LossTerm, describe_mismatch
 
-__all__ = ["KDLoss", "kd_loss"]
+__all__ = ["KDLoss", "check_same_classes", "kd_loss"]
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
@@ -28,6 +28,23 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     return kl.mean() * temperature**2
 
 
+def check_same_classes(term: str, student_shapes: dict, teacher_shapes: dict) -> None:
+    """Raise unless student and teacher outputs are logits over the same classes."""
+    s, t = student_shapes[""], teacher_shapes[""]
+    if s[1:] != t[1:]:
+        raise ValueError(
+            describe_mismatch(
+                term,
+                "",
+                s,
+                "",
+                t,
+                f"{term} needs logits over the same classes: build both models with the same "
+                "num_classes.",
+            )
+        )
+
+
 class KDLoss(LossTerm):
     """KD on the model outputs. mdistiller defaults: T=4, weight 0.9 (with CE 0.1)."""
 
@@ -36,19 +53,7 @@ class KDLoss(LossTerm):
         self.temperature = temperature
 
     def build(self, student_shapes, teacher_shapes) -> None:
-        s, t = student_shapes[""], teacher_shapes[""]
-        if s[1:] != t[1:]:
-            raise ValueError(
-                describe_mismatch(
-                    "kd",
-                    "",
-                    s,
-                    "",
-                    t,
-                    "KD needs logits over the same classes: build both models with the same "
-                    "num_classes.",
-                )
-            )
+        check_same_classes("kd", student_shapes, teacher_shapes)
 
     def forward(self, batch: DistillBatch) -> Tensor:
         return self.weight * kd_loss(batch.student_output, batch.teacher_output, self.temperature)
