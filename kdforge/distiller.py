@@ -115,13 +115,13 @@ class Distiller(nn.Module):
         """Give every term the probed shapes; return how many parameters they created."""
         student_shapes = {k: shape_tree(v) for k, v in student_features.items()}
         teacher_shapes = {k: shape_tree(v) for k, v in teacher_features.items()}
-        before = sum(p.numel() for p in self.terms.parameters())
+        before = {id(p) for p in self.terms.parameters()}
         for term in self.terms.values():
             term.build(student_shapes, teacher_shapes)
         device = next(self.student.parameters()).device
         self.terms.to(device).train(self.training)  # new connectors follow the mode
         self._built = True
-        return sum(p.numel() for p in self.terms.parameters()) - before
+        return sum(p.numel() for p in self.terms.parameters() if id(p) not in before)
 
     def forward(self, inputs: Any, targets: Any) -> tuple[Any, dict[str, Tensor]]:
         try:
