@@ -19,6 +19,12 @@ EXAMPLES = """examples:
 """
 
 
+VISUALIZE_HELP = {
+    "cam": "class activation maps of teacher and student for the top classes (CAT-KD)",
+    "attention": "the ViT teacher's and the student projector's attention maps (CAKD)",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kdforge",
@@ -93,6 +99,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar=("C", "H", "W"),
         help="input size (default: the model's own, e.g. 3 32 32 for CIFAR)",
     )
+
+    p = sub.add_parser(
+        "visualize",
+        help="draw what a model attends to as PNGs",
+        description="Pictures of teacher and student side by side, per image.",
+    )
+    what = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    for name, text in VISUALIZE_HELP.items():
+        v = what.add_parser(name, help=text, description=text)
+        v.add_argument("config", help="recipe YAML (teacher and student)")
+        v.add_argument("--checkpoint", help="student weights: run checkpoint or export")
+        v.add_argument("--images", nargs="+", required=True, help="image files to draw")
+        v.add_argument("--out", default="visualize", help="output folder for the PNGs")
+        v.add_argument("--top-k", type=int, default=3, help="classes (or heads) per image")
+        v.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
 
     p = sub.add_parser(
         "demo",
@@ -190,13 +211,31 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _visualize(args: argparse.Namespace) -> None:
+    if args.what == "cam":
+        from kdforge.tools.cam import visualize_cam as draw
+    else:
+        from kdforge.tools.attention import visualize_attention as draw
+    for path in draw(
+        args.config, args.checkpoint, args.images, args.out, args.top_k, args.overrides
+    ):
+        print(f"wrote {path}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from kdforge.demo import run_demo
 
     run_demo(out_dir=args.out, epochs=args.epochs, seed=args.seed)
 
 
-COMMANDS = {"train": _train, "eval": _eval, "export": _export, "probe": _probe, "demo": _demo}
+COMMANDS = {
+    "train": _train,
+    "eval": _eval,
+    "export": _export,
+    "probe": _probe,
+    "visualize": _visualize,
+    "demo": _demo,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -57,6 +57,8 @@ class Distiller(nn.Module):
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
+        for term in self.terms.values():
+            term.attach(student, teacher)
         self.epoch = 0
         self.student_taps = FeatureTaps(student, self._taps("student_taps"))
         self.teacher_taps = (

@@ -63,6 +63,14 @@ class LossTerm(nn.Module):
     def teacher_taps(self) -> list[str]:
         return []
 
+    def attach(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Called once by the Distiller with both models, for terms that read their weights
+        (e.g. a classifier's matrix for class activation maps) or run their parts.
+
+        Keep them out of the module tree (e.g. in a tuple), so they are neither trained
+        nor saved twice.
+        """
+
     def build(
         self, student_shapes: dict[str, ShapeTree], teacher_shapes: dict[str, ShapeTree]
     ) -> None:
