@@ -1,0 +1,231 @@
+"""Detection transforms on ``(PIL image, target)`` pairs, with mmdetection's box arithmetic.
+
+Each transform is called as ``t(image, target) -> (image, target)``; ``target`` is the dict of
+``CocoDetection``. As in ``kdforge.data.transforms``, randomness comes only from torch's global
+RNG and random transforms split into ``sample_params(image)`` and ``apply(image, target,
+params)``. Resizing uses Pillow's bilinear filter: equal to OpenCV's (mmcv's) when enlarging,
+antialiased when shrinking.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+__all__ = [
+    "DETECTION_MEAN",
+    "DETECTION_STD",
+    "DetCompose",
+    "DetNormalize",
+    "DetRandomFlip",
+    "DetRandomResize",
+    "DetResize",
+    "collate_detection",
+    "detection_transforms",
+    "rescale_boxes",
+    "rescale_size",
+]
+
+DETECTION_MEAN = (123.675, 116.28, 103.53)  # ImageNet, RGB, 0-255 (mmdetection's img_norm_cfg)
+DETECTION_STD = (58.395, 57.12, 57.375)
+
+Target = dict[str, Any]
+Scale = tuple[int, int]
+
+
+def rescale_size(width: int, height: int, scale: Scale) -> tuple[int, int]:
+    """mmcv's keep-ratio rule: the largest size with long side <= max(scale), short <= min(scale).
+
+    Returns:
+        ``(new_width, new_height)``, each ``int(side * factor + 0.5)``.
+    """
+    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
+    return int(width * factor + 0.5), int(height * factor + 0.5)
+
+
+def _hflip(boxes: torch.Tensor, width: int) -> torch.Tensor:
+    """Mirror ``(M, 4)`` xyxy boxes in an image ``width`` wide: ``(w - x2, y1, w - x1, y2)``."""
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
+
+
+class DetCompose:
+    """Apply ``(image, target)`` transforms one after the other."""
+
+    def __init__(self, transforms: Sequence[Callable[[Any, Target], tuple[Any, Target]]]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, image: Any, target: Target) -> tuple[Any, Target]:
+        for t in self.transforms:
+            image, target = t(image, target)
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"DetCompose({self.transforms!r})"
+
+
+class DetResize:
+    """Keep-ratio resize to fit ``scale`` (mmdetection ``Resize(scale, keep_ratio=True)``).
+
+    Boxes are multiplied by ``(w_scale, h_scale)`` and clipped to the new image;
+    ``target["scale_factor"]`` accumulates the factors relative to the original image.
+    """
+
+    def __init__(self, scale: Scale = (1333, 800)) -> None:
+        self.scale = (int(scale[0]), int(scale[1]))
+
+    def apply(self, image: Image.Image, target: Target, scale: Scale) -> tuple[Image.Image, Target]:
+        """Resize ``image`` and its boxes to fit ``scale``."""
+        new_w, new_h = rescale_size(image.width, image.height, scale)
+        w_scale, h_scale = new_w / image.width, new_h / image.height
+        factor = torch.tensor([w_scale, h_scale, w_scale, h_scale])
+        target = dict(target)
+        for key in ("boxes", "ignore_boxes"):
+            boxes = target[key] * factor  # (M, 4)
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, new_w)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, new_h)
+            target[key] = boxes
+        old_w, old_h = target["scale_factor"]
+        target.update(img_shape=(new_h, new_w), scale_factor=(old_w * w_scale, old_h * h_scale))
+        return image.resize((new_w, new_h), Image.Resampling.BILINEAR), target
+
+    def __call__(self, image: Image.Image, target: Target) -> tuple[Image.Image, Target]:
+        return self.apply(image, target, self.scale)
+
+    def __repr__(self) -> str:
+        return f"DetResize(scale={self.scale})"
+
+
+class DetRandomResize(DetResize):
+    """Multi-scale keep-ratio resize with a scale drawn per image.
+
+    ``mode="range"`` (mmdetection's ``multiscale_mode='range'``, ``RandomResize``) draws the long
+    and the short edge uniformly between the extremes of ``scales``: ``[(1333, 640), (1333,
+    800)]`` gives a shorter side in 640..800 with the longer at most 1333. ``mode="value"``
+    (``RandomChoiceResize``) picks one of ``scales``.
+    """
+
+    def __init__(self, scales: Sequence[Scale], mode: str = "range") -> None:
+        if mode not in ("range", "value") or not scales or (mode == "range" and len(scales) != 2):
+            raise ValueError(
+                f"mode must be 'range' (with 2 scales) or 'value' (1 or more); "
+                f"got {mode!r} and {scales!r}"
+            )
+        self.scales = [(int(s[0]), int(s[1])) for s in scales]
+        self.mode = mode
+
+    def sample_params(self, image: Image.Image | None = None) -> Scale:
+        """Draw the ``(long, short)`` scale; ``image`` is unused (a uniform signature)."""
+        if self.mode == "value":
+            return self.scales[int(torch.randint(len(self.scales), (1,)).item())]
+        longs, shorts = [max(s) for s in self.scales], [min(s) for s in self.scales]
+        long = int(torch.randint(min(longs), max(longs) + 1, (1,)).item())
+        short = int(torch.randint(min(shorts), max(shorts) + 1, (1,)).item())
+        return long, short
+
+    def __call__(self, image: Image.Image, target: Target) -> tuple[Image.Image, Target]:
+        return self.apply(image, target, self.sample_params(image))
+
+    def __repr__(self) -> str:
+        return f"DetRandomResize(scales={self.scales}, mode={self.mode!r})"
+
+
+class DetRandomFlip:
+    """Horizontal flip with probability ``p``; boxes become ``(w - x2, y1, w - x1, y2)``."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def sample_params(self, image: Image.Image | None = None) -> bool:
+        """Draw whether to flip; ``image`` is unused (a uniform signature)."""
+        return bool(torch.rand(1).item() < self.p)
+
+    def apply(self, image: Image.Image, target: Target, flip: bool) -> tuple[Image.Image, Target]:
+        """Mirror ``image`` and its boxes if ``flip``."""
+        if not flip:
+            return image, target
+        target = dict(target, flip=not target["flip"])
+        for key in ("boxes", "ignore_boxes"):
+            target[key] = _hflip(target[key], image.width)
+        return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), target
+
+    def __call__(self, image: Image.Image, target: Target) -> tuple[Image.Image, Target]:
+        return self.apply(image, target, self.sample_params(image))
+
+    def __repr__(self) -> str:
+        return f"DetRandomFlip(p={self.p})"
+
+
+class DetNormalize:
+    """RGB PIL image -> ``(3, H, W)`` float tensor ``(pixel - mean) / std`` in 0-255 units.
+
+    Pillow decodes RGB, so this equals mmdetection's ``Normalize(..., to_rgb=True)`` on its BGR
+    loads.
+    """
+
+    def __init__(
+        self, mean: Sequence[float] = DETECTION_MEAN, std: Sequence[float] = DETECTION_STD
+    ) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+
+    def __call__(self, image: Image.Image, target: Target) -> tuple[torch.Tensor, Target]:
+        array = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
+        tensor = torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W)
+        return (tensor - self.mean) / self.std, target
+
+    def __repr__(self) -> str:
+        return (
+            f"DetNormalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
+        )
+
+
+def detection_transforms(
+    scale: Scale = (1333, 800),
+    train_scales: Sequence[Scale] | None = None,
+    multiscale_mode: str = "range",
+) -> tuple[DetCompose, DetCompose]:
+    """mmdetection's standard ``(train, val)`` pipelines.
+
+    Train: keep-ratio resize to ``scale`` (or ``DetRandomResize(train_scales, multiscale_mode)``,
+    e.g. ``[(1333, 640), (1333, 800)]``), flip with p=0.5, normalise. Val: resize to ``scale``,
+    normalise. Padding to a multiple of 32 happens in ``collate_detection``.
+    """
+    resize = DetRandomResize(train_scales, multiscale_mode) if train_scales else DetResize(scale)
+    train = DetCompose([resize, DetRandomFlip(0.5), DetNormalize()])
+    return train, DetCompose([DetResize(scale), DetNormalize()])
+
+
+def collate_detection(
+    batch: Sequence[tuple[torch.Tensor, Target]], size_divisor: int = 32, pad_value: float = 0.0
+) -> tuple[torch.Tensor, list[Target]]:
+    """Stack ``(image, target)`` items into ``(images (N, 3, H, W), [target, ...])``.
+
+    Images are padded at the bottom and right with ``pad_value`` to the largest height and
+    width in the batch, rounded up to a multiple of ``size_divisor``.
+    """
+    height = math.ceil(max(img.shape[-2] for img, _ in batch) / size_divisor) * size_divisor
+    width = math.ceil(max(img.shape[-1] for img, _ in batch) / size_divisor) * size_divisor
+    images = torch.stack(
+        [
+            F.pad(img, (0, width - img.shape[-1], 0, height - img.shape[-2]), value=pad_value)
+            for img, _ in batch
+        ]
+    )
+    return images, [target for _, target in batch]
+
+
+def rescale_boxes(boxes: torch.Tensor, target: Target) -> torch.Tensor:
+    """Map ``(M, 4)`` xyxy boxes on the transformed image back to the original image's pixels.
+
+    Undoes a flip, then divides by ``scale_factor`` (mmdetection's ``rescale=True``).
+    """
+    if target["flip"]:
+        boxes = _hflip(boxes, target["img_shape"][1])
+    w_scale, h_scale = target["scale_factor"]
+    return boxes / boxes.new_tensor([w_scale, h_scale, w_scale, h_scale])
