@@ -1,0 +1,123 @@
+"""COCO bbox evaluation (AP, AP50, AP75, APs, APm, APl) with pycocotools."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from kdforge.data.coco import CocoDetection, read_coco_json
+
+__all__ = ["METRICS", "evaluate_coco", "to_coco_results"]
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[:6]
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def to_coco_results(
+    predictions: Iterable[Mapping[str, Any]], label2cat: Mapping[int, int]
+) -> list[dict[str, Any]]:
+    """Per-image predictions -> the COCO results list ``[{image_id, category_id, bbox, score}]``.
+
+    Args:
+        predictions: ``{"image_id": int, "boxes": (M, 4) xyxy in original-image pixels,
+            "scores": (M,), "labels": (M,) contiguous labels}``; tensors or arrays.
+        label2cat: Contiguous label -> COCO category id (``CocoDetection.label2cat``).
+
+    Returns:
+        One dict per box, ``bbox`` as ``[x, y, w, h]`` rounded to 1e-3 px.
+    """
+    results = []
+    for pred in predictions:
+        boxes = _numpy(pred["boxes"]).astype(np.float64).reshape(-1, 4)
+        scores, labels = _numpy(pred["scores"]).reshape(-1), _numpy(pred["labels"]).reshape(-1)
+        image_id = int(pred["image_id"])
+        if not len(boxes) == len(scores) == len(labels):
+            raise ValueError(
+                f"image {image_id}: {len(boxes)} boxes, {len(scores)} scores and "
+                f"{len(labels)} labels; expected equal counts"
+            )
+        unknown = sorted({int(v) for v in labels} - set(label2cat))
+        if unknown:
+            raise ValueError(
+                f"image {image_id}: labels {unknown} are outside 0..{len(label2cat) - 1}"
+            )
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).round(3)
+        results.extend(
+            {
+                "image_id": image_id,
+                "category_id": label2cat[int(label)],
+                "bbox": box.tolist(),
+                "score": round(float(score), 5),
+            }
+            for box, score, label in zip(xywh, scores, labels, strict=True)
+        )
+    return results
+
+
+def _ground_truth(coco_gt: str | Path | CocoDetection) -> tuple[COCO, dict[int, int], list[int]]:
+    """``(COCO index, label2cat, image ids to evaluate)`` for a JSON path or a data set."""
+    path = coco_gt.ann_file if isinstance(coco_gt, CocoDetection) else Path(coco_gt)
+    gt = COCO()
+    gt.dataset = read_coco_json(path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    if isinstance(coco_gt, CocoDetection):
+        return gt, coco_gt.label2cat, [img["id"] for img in coco_gt.images]
+    return gt, dict(enumerate(sorted(gt.getCatIds()))), sorted(gt.getImgIds())
+
+
+def evaluate_coco(
+    predictions: Iterable[Mapping[str, Any]],
+    coco_gt: str | Path | CocoDetection,
+    out_json: str | Path | None = None,
+    image_ids: Iterable[int] | None = None,
+    verbose: bool = False,
+) -> dict[str, float]:
+    """COCO bbox metrics of per-image predictions against a ground-truth instances file.
+
+    Args:
+        predictions: ``{"image_id", "boxes" (M, 4) xyxy original pixels, "scores", "labels"}``
+            per image, labels contiguous (see ``to_coco_results``).
+        coco_gt: The instances JSON, or a ``CocoDetection`` (its file, label mapping and images).
+        out_json: If given, the standard COCO results JSON is written there.
+        image_ids: Images to evaluate; default every image of ``coco_gt``.
+        verbose: Print pycocotools' summary table.
+
+    Returns:
+        ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` in [0, 1]; -1 where the ground truth has
+        no object of that size (pycocotools' convention). No detections at all give 0.
+    """
+    gt, label2cat, default_ids = _ground_truth(coco_gt)
+    results = to_coco_results(predictions, label2cat)
+    strays = sorted({r["image_id"] for r in results} - set(gt.getImgIds()))
+    if strays:
+        raise ValueError(f"predictions for image ids {strays[:10]} absent from the ground truth")
+    if out_json is not None:
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(results))
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        if results:
+            dt = gt.loadRes(results)
+        else:  # loadRes cannot take an empty list
+            dt = COCO()
+            dt.dataset = {"images": gt.dataset["images"], "categories": [], "annotations": []}
+            dt.createIndex()
+        evaluator = COCOeval(gt, dt, "bbox")
+        evaluator.params.imgIds = sorted(default_ids if image_ids is None else image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: float(v) for name, v in zip(METRICS, evaluator.stats[:6], strict=True)}
