@@ -28,6 +28,8 @@ class DataConfig:
     batch_size: int = 64  # per process
     eval_batch_size: int | None = None  # defaults to batch_size
     num_workers: int = 4
+    mixup_alpha: float = 0.0  # > 0: mixup with Beta(alpha, alpha), soft targets (CAKD: 0.2)
+    repeated_aug: int = 1  # > 1: each image this many times per epoch (CAKD: 4)
     options: dict[str, Any] = field(default_factory=dict)  # data-set specific, e.g. image_size
 
 
@@ -46,6 +48,7 @@ class OptimConfig:
     nesterov: bool = False  # sgd
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
     weight_decay: float = 5e-4
+    norm_weight_decay: float | None = None  # weight decay of norm layers; None = weight_decay
     clip_grad_norm: float | None = None  # max global grad norm; None = no clipping
 
 
@@ -72,6 +75,8 @@ class TrainConfig:
     max_eval_batches: int | None = None  # evaluate on the first batches only
     eval_every: int = 1  # epochs between evaluations (the last epoch always evaluates)
     log_every: int = 20  # steps between log lines
+    ema_decay: float | None = None  # EMA of the student (per image, torchvision's); None = off
+    ema_steps: int = 32  # optimizer steps between EMA updates
 
 
 @dataclass

@@ -14,7 +14,8 @@ from kdforge.data import write_fake_cifar
 from kdforge.engine.build import build_trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-RECIPES = sorted(CONFIGS.rglob("*.yaml"))
+# CAKD recipes need 224-pixel ViTs and their data options: tests/losses/test_cakd.py runs them.
+RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if "cakd" not in p.parts)
 CIFAR100 = CONFIGS / "cifar100"
 
 # (teacher, student, DKD beta) per pair: mdistiller configs/cifar100/dkd/*.yaml (default 8).

@@ -88,9 +88,15 @@ def _cifar10(root: str | Path | None) -> Pair:
     return CIFAR(path, "cifar10", True, train_tf), CIFAR(path, "cifar10", False, val_tf)
 
 
-def _imagefolder(root: str | Path | None, image_size: int = 224) -> Pair:
+def _imagefolder(
+    root: str | Path | None,
+    image_size: int = 224,
+    auto_augment: str | None = None,
+    random_erase: float = 0.0,
+    val_resize: int | None = None,
+) -> Pair:
     path = _need_root("imagefolder", root)
-    train_tf, val_tf = imagenet_transforms(image_size)
+    train_tf, val_tf = imagenet_transforms(image_size, auto_augment, random_erase, val_resize)
     train, val = ImageFolder(path / "train", train_tf), ImageFolder(path / "val", val_tf)
     if train.classes != val.classes:
         only = sorted(set(train.classes) ^ set(val.classes))
@@ -126,7 +132,9 @@ def build_datasets(name: str, root: str | Path | None = None, **options: Any) ->
             holds ``train/`` and ``val/``, each in the ImageNet layout) or ``digits``
             (``root`` is ignored).
         root: The data folder.
-        **options: ``image_size`` (imagefolder, default 224); ``size``, ``test_fraction``,
+        **options: ``image_size`` (imagefolder, default 224), ``auto_augment``
+            (``"ta_wide"``), ``random_erase`` (probability), ``val_resize``; ``size``,
+            ``test_fraction``,
             ``seed`` (digits); ``reserved_classes``, ``reserved_rate`` (cifar100: train on
             the first rate·500 images of the first n classes, see ``ReducedDataset``).
 

@@ -325,13 +325,31 @@ def cifar_transforms(
     return train, Compose([ToTensor(), normalize])
 
 
-def imagenet_transforms(size: int = 224) -> tuple[Compose, Compose]:
-    """The standard ImageNet ``(train, val)`` transforms.
+def imagenet_transforms(
+    size: int = 224,
+    auto_augment: str | None = None,
+    random_erase: float = 0.0,
+    val_resize: int | None = None,
+) -> tuple[Compose, Compose]:
+    """The standard ImageNet ``(train, val)`` transforms, with torchvision's optional extras.
 
-    Train: RandomResizedCrop(size) + flip. Val: Resize(size * 256 / 224) + CenterCrop(size),
-    i.e. Resize(256) + CenterCrop(224) at the default size.
+    Train: RandomResizedCrop(size) + flip [+ TrivialAugmentWide (bilinear) when
+    ``auto_augment="ta_wide"``] + normalise [+ RandomErasing(p=random_erase)].
+    Val: Resize(val_resize, default size * 256 / 224) + CenterCrop(size), i.e.
+    Resize(256) + CenterCrop(224) at the default size.
     """
+    from kdforge.data.autoaugment import TrivialAugmentWide
+    from kdforge.data.mixing import RandomErasing
+
+    if auto_augment not in (None, "ta_wide"):
+        raise ValueError(f"auto_augment must be None or 'ta_wide', got {auto_augment!r}")
     normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train = Compose([RandomResizedCrop(size), RandomHorizontalFlip(), ToTensor(), normalize])
-    val = Compose([Resize(round(size * 256 / 224)), CenterCrop(size), ToTensor(), normalize])
-    return train, val
+    train_ops = [RandomResizedCrop(size), RandomHorizontalFlip()]
+    if auto_augment == "ta_wide":
+        train_ops.append(TrivialAugmentWide(interpolation="bilinear"))
+    train_ops += [ToTensor(), normalize]
+    if random_erase > 0:
+        train_ops.append(RandomErasing(p=random_erase))
+    val_size = val_resize or round(size * 256 / 224)
+    val = Compose([Resize(val_size), CenterCrop(size), ToTensor(), normalize])
+    return Compose(train_ops), val

@@ -15,12 +15,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from kdforge.config import ConfigError, save_config
 from kdforge.data import build_datasets
+from kdforge.data.mixing import MixupCollate
+from kdforge.data.samplers import RepeatedAugSampler
 from kdforge.distiller import Distiller
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.distributed import DistInfo, init_distributed
+from kdforge.engine.ema import ModelEMA, adjusted_ema_decay
 from kdforge.engine.evaluate import evaluate_classifier
 from kdforge.engine.logging import RunLogger
-from kdforge.engine.optim import build_optimizer, build_scheduler
+from kdforge.engine.optim import build_optimizer, build_scheduler, parameter_groups
 from kdforge.engine.trainer import AMP_DTYPES, Trainer, seed_everything
 from kdforge.losses import TERMS, LossTerm
 from kdforge.models import create_model
@@ -92,9 +95,15 @@ def build_loaders(
     train_set, val_set = build_datasets(data_cfg.name, data_cfg.root, **options)
     pin = dist.device.type == "cuda"
     workers = data_cfg.num_workers
-    train_sampler = DistributedSampler(
-        train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed
-    )
+    if data_cfg.repeated_aug > 1:
+        train_sampler: Sampler[int] = RepeatedAugSampler(
+            train_set, dist.world_size, dist.rank, seed=seed, repetitions=data_cfg.repeated_aug
+        )
+    else:
+        train_sampler = DistributedSampler(
+            train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed
+        )
+    mixup = data_cfg.mixup_alpha
     train = DataLoader(
         train_set,
         batch_size=data_cfg.batch_size,
@@ -103,7 +112,7 @@ def build_loaders(
         pin_memory=pin,
         drop_last=False,
         generator=torch.Generator(),
-        persistent_workers=False,
+        collate_fn=MixupCollate(train_set.num_classes, mixup) if mixup > 0 else None,
     )
     val = DataLoader(
         val_set,
@@ -184,14 +193,21 @@ def build_trainer(
 
     example = torch.stack([train_loader.dataset[i][0] for i in range(2)]).to(dist.device)
     distiller = Distiller(teacher, student, terms, example_input=example)
+    # Parameters with an objective of their own (e.g. CAKD's discriminator) get their own
+    # optimizer and stay out of DDP's gradient sync; the trainer averages their gradients.
+    aux_terms = [t for t in terms.values() if t.auxiliary_parameters()]
+    aux_ids = {id(p) for t in aux_terms for p in t.auxiliary_parameters()}
     model: nn.Module = distiller
     if dist.distributed:
+        if aux_ids:
+            ignored = [n for n, p in distiller.named_parameters() if id(p) in aux_ids]
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                distiller, ignored
+            )
         ids = [dist.local_rank] if dist.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(distiller, device_ids=ids)
-    params = [p for p in distiller.parameters() if p.requires_grad]
     optim = cfg.optim
-    optimizer = build_optimizer(
-        params,
+    options = (
         optim.name,
         optim.lr,
         optim.momentum,
@@ -199,9 +215,26 @@ def build_trainer(
         tuple(optim.betas),
         optim.weight_decay,
     )
+    groups = parameter_groups(distiller, optim.norm_weight_decay, exclude=aux_ids)
+    optimizer = build_optimizer(groups, *options)
     schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
     epochs = schedule.pop("epochs")
-    scheduler = build_scheduler(optimizer, len(train_loader), epochs, **schedule)
+    scheduler = build_scheduler(optimizer, len(train_loader), epochs, **dict(schedule))
+    aux_optimizer = aux_scheduler = None
+    if aux_terms:
+        aux_groups = [
+            {"params": t.auxiliary_parameters(), "lr": optim.lr * t.auxiliary_lr_scale}
+            for t in aux_terms
+        ]
+        aux_optimizer = build_optimizer(aux_groups, *options)
+        aux_scheduler = build_scheduler(aux_optimizer, len(train_loader), epochs, **schedule)
+    ema = None
+    if cfg.train.ema_decay is not None:
+        images_per_step = dist.world_size * cfg.data.batch_size
+        decay = adjusted_ema_decay(
+            cfg.train.ema_decay, images_per_step, cfg.train.ema_steps, epochs
+        )
+        ema = ModelEMA(student, decay, cfg.train.ema_steps, cfg.schedule.warmup_epochs)
     meta = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "student_name": cfg.student.name,
@@ -225,6 +258,9 @@ def build_trainer(
         log_every=cfg.train.log_every,
         logger=log,
         meta=meta,
+        aux_optimizer=aux_optimizer,
+        aux_scheduler=aux_scheduler,
+        ema=ema,
     )
     if resume:
         trainer.load_state_dict(load_checkpoint(run_dir / "last.pt"))

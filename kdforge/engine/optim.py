@@ -6,13 +6,46 @@ import math
 from collections.abc import Iterable
 
 import torch
+from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["build_optimizer", "build_scheduler", "lr_factor"]
+__all__ = ["build_optimizer", "build_scheduler", "lr_factor", "parameter_groups"]
+
+_NORM_LAYERS = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.LocalResponseNorm,
+)
+
+
+def parameter_groups(
+    model: nn.Module, norm_weight_decay: float | None = None, exclude: Iterable[int] = ()
+) -> list[dict]:
+    """The trainable parameters of ``model`` as optimizer groups.
+
+    With ``norm_weight_decay`` set, the parameters of normalisation layers form a second
+    group with that weight decay (torchvision's ``--norm-weight-decay``). Parameters whose
+    ``id`` is in ``exclude`` are left out (they have an optimizer of their own).
+    """
+    skip = set(exclude)
+    norm, other = [], []
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if not p.requires_grad or id(p) in skip:
+                continue
+            skip.add(id(p))  # a shared parameter joins one group only
+            is_norm = norm_weight_decay is not None and isinstance(module, _NORM_LAYERS)
+            (norm if is_norm else other).append(p)
+    groups = [{"params": other}]
+    if norm:
+        groups.append({"params": norm, "weight_decay": norm_weight_decay})
+    return groups
 
 
 def build_optimizer(
-    params: Iterable[torch.nn.Parameter],
+    params: Iterable[torch.nn.Parameter] | list[dict],
     name: str = "sgd",
     lr: float = 0.05,
     momentum: float = 0.9,
@@ -20,7 +53,8 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     weight_decay: float = 5e-4,
 ) -> torch.optim.Optimizer:
-    """SGD (with momentum) or AdamW over ``params``; weight decay applies to all of them."""
+    """SGD (with momentum) or AdamW over ``params`` (tensors or optimizer groups; a group's
+    own ``lr``/``weight_decay`` override the defaults given here)."""
     params = list(params)
     if name == "sgd":
         return torch.optim.SGD(

@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from kdforge.distiller import Distiller
 from kdforge.engine.checkpoint import save_checkpoint
-from kdforge.engine.distributed import DistInfo
+from kdforge.engine.distributed import DistInfo, all_reduce_sum
+from kdforge.engine.ema import ModelEMA
 from kdforge.engine.logging import RunLogger
 from kdforge.taps import unwrap_model
 
@@ -68,6 +69,11 @@ class Trainer:
         log_every: steps between log records.
         logger: where records go (created in ``run_dir`` if None).
         meta: extra entries stored in every checkpoint (e.g. the config).
+        aux_optimizer: optimizer of the terms' auxiliary parameters (see
+            :class:`~kdforge.losses.LossTerm`), stepped on their ``auxiliary_loss`` before
+            the main step; ``aux_scheduler`` is its LR schedule.
+        ema: a :class:`~kdforge.engine.ema.ModelEMA` of the student, updated after each
+            step and evaluated alongside it (``ema_<metric>`` in the logs).
     """
 
     def __init__(
@@ -89,6 +95,9 @@ class Trainer:
         log_every: int = 20,
         logger: RunLogger | None = None,
         meta: dict[str, Any] | None = None,
+        aux_optimizer: torch.optim.Optimizer | None = None,
+        aux_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        ema: ModelEMA | None = None,
     ) -> None:
         self.dist = dist or DistInfo()
         if amp not in AMP_DTYPES:
@@ -107,7 +116,11 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps taken
         self.best: float | None = None
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.aux_optimizer, self.aux_scheduler, self.ema = aux_optimizer, aux_scheduler, ema
+        self.aux_params = [
+            p for g in (aux_optimizer.param_groups if aux_optimizer else []) for p in g["params"]
+        ]
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
 
     @property
     def distiller(self) -> Distiller:
@@ -121,6 +134,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
+            "aux_optimizer": self.aux_optimizer.state_dict() if self.aux_optimizer else None,
+            "aux_scheduler": self.aux_scheduler.state_dict() if self.aux_scheduler else None,
+            "ema": self.ema.state_dict() if self.ema else None,
             "epoch": self.epoch,
             "step": self.step,
             "best": self.best,
@@ -134,6 +150,11 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.aux_optimizer:
+            self.aux_optimizer.load_state_dict(state["aux_optimizer"])
+            self.aux_scheduler.load_state_dict(state["aux_scheduler"])
+        if self.ema:
+            self.ema.load_state_dict(state["ema"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
 
     def _save(self, metrics: dict[str, float]) -> None:
@@ -159,6 +180,9 @@ class Trainer:
             self.epoch = epoch + 1
             if self.epoch % self.eval_every == 0 or self.epoch == self.epochs or self._done():
                 metrics = self.evaluate_fn(self.distiller.student)
+                if self.ema is not None:
+                    ema_metrics = self.evaluate_fn(self.ema.module)
+                    metrics |= {f"ema_{k}": v for k, v in ema_metrics.items() if k != "count"}
                 self.logger.log("val", self.step, epoch=self.epoch, **metrics)
             self._save(metrics)
             elapsed = time.perf_counter() - start
@@ -210,7 +234,10 @@ class Trainer:
                 enabled=self.amp_dtype is not None,
             ):
                 _, losses = self.model(inputs, targets)
-            loss = sum(losses.values())
+            aux_loss = self._pop_auxiliary_loss()
+            if aux_loss is not None:
+                losses["aux"] = aux_loss  # logged and checked; stepped on its own below
+            loss = sum(v for k, v in losses.items() if k != "aux")
             values = torch.stack([v.detach().float() for v in losses.values()]).tolist()
             if not all(math.isfinite(v) for v in values):
                 bad = {k: v for k, v in zip(losses, values, strict=True) if not math.isfinite(v)}
@@ -219,7 +246,11 @@ class Trainer:
                     f"Last good checkpoint: {self._last_good_checkpoint()}. Try a lower optim.lr, "
                     "optim.clip_grad_norm, or train.amp=none."
                 )
+            if aux_loss is not None:
+                self._auxiliary_step(aux_loss)
             self._backward_and_step(loss)
+            if self.ema is not None:
+                self.ema.step(self.distiller.student, i, epoch)
             self.step += 1
             for k, v in zip(losses, values, strict=True):
                 sums[k] = sums.get(k, 0.0) + v
@@ -240,6 +271,31 @@ class Trainer:
             if self._done():
                 break
         bar.close()
+
+    def _pop_auxiliary_loss(self) -> torch.Tensor | None:
+        parts = []
+        for term in self.distiller.terms.values():
+            if term.auxiliary_loss is not None:
+                parts.append(term.auxiliary_loss)
+                term.auxiliary_loss = None
+        return sum(parts) if parts else None
+
+    def _auxiliary_step(self, aux_loss: torch.Tensor) -> None:
+        """Step the auxiliary parameters on their own loss, before the main step."""
+        self.aux_optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(aux_loss).backward()
+        else:
+            aux_loss.backward()
+        if self.dist.distributed:  # kept out of DDP's sync: average their gradients here
+            for p in self.aux_params:
+                if p.grad is not None:
+                    all_reduce_sum(p.grad).div_(self.dist.world_size)
+        if self.scaler is not None:
+            self.scaler.step(self.aux_optimizer)
+        else:
+            self.aux_optimizer.step()
+        self.aux_scheduler.step()
 
     def _backward_and_step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)

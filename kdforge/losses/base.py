@@ -47,13 +47,26 @@ class LossTerm(nn.Module):
     ``teacher_taps`` (``""`` is the model output), and implement ``forward(batch)``
     returning a weighted scalar, or a dict of named weighted scalars. ``build`` is called
     once with the shapes of the first batch, to check them and to create connectors.
+
+    A term may own parameters with an objective of their own (e.g. CAKD's discriminator):
+    it lists them in ``auxiliary_parameters()`` and leaves that objective, unweighted, in
+    ``self.auxiliary_loss`` during ``forward``. The trainer keeps them out of the main
+    optimizer (and out of DDP's gradient sync), and before the main step back-propagates
+    ``auxiliary_loss`` and steps them with their own optimizer at ``auxiliary_lr_scale`` ×
+    the main learning rate. The returned (main) losses must not reach them.
     """
 
     needs_teacher: bool = True
+    auxiliary_lr_scale: float = 1.0
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
         self.weight = float(weight)
+        self.auxiliary_loss: Tensor | None = None  # set by forward when there are any
+
+    def auxiliary_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained on ``auxiliary_loss`` by their own optimizer (none by default)."""
+        return []
 
     @property
     def student_taps(self) -> list[str]:

@@ -6,6 +6,7 @@ import torch
 from kdforge.config import load_config
 from kdforge.engine.build import build_trainer, check_teacher_accuracy
 from kdforge.engine.trainer import NonFiniteLossError
+from kdforge.losses import TERMS, LossTerm
 
 KD_RECIPE = [
     "teacher.name=resnet14",
@@ -116,3 +117,60 @@ def test_bf16_autocast_trains_and_fp16_needs_cuda(tiny_overrides):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="fp16 needs CUDA"):
             _trainer(tiny_overrides + KD_RECIPE + ["train.amp=fp16", "train.name=fp16"])
+
+
+class _CriticTerm(LossTerm):
+    """A toy term with an auxiliary parameter trained on its own objective (like CAKD's D)."""
+
+    auxiliary_lr_scale = 0.5
+    needs_teacher = False
+
+    def __init__(self, weight: float = 1.0) -> None:
+        super().__init__(weight)
+        self.critic = torch.nn.Linear(100, 1)
+
+    def auxiliary_parameters(self):
+        return list(self.critic.parameters())
+
+    def forward(self, batch):
+        logits = batch.student_output
+        self.auxiliary_loss = self.critic(logits.detach()).pow(2).mean()
+        return self.weight * logits.pow(2).mean()
+
+
+def test_auxiliary_parameters_have_their_own_optimizer(tiny_overrides, monkeypatch):
+    monkeypatch.setitem(TERMS, "critic", _CriticTerm)
+    overrides = [
+        *tiny_overrides,
+        "student.name=resnet8",
+        "student.num_classes=100",
+        "loss={ce: {}, critic: {}}",
+        "schedule.epochs=1",
+        "optim.lr=0.2",
+    ]
+    trainer = _trainer(overrides)
+    critic = trainer.distiller.terms["critic"].critic
+    main_ids = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert not main_ids & {id(p) for p in critic.parameters()}
+    assert trainer.aux_optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
+    before = critic.weight.detach().clone()
+    trainer.fit()
+    assert not torch.equal(before, critic.weight)  # trained by the auxiliary step
+    records = (trainer.run_dir / "log.jsonl").read_text()
+    assert '"aux":' in records
+
+
+def test_ema_is_evaluated_saved_and_resumed_exactly(tiny_overrides, tmp_path):
+    ema = [*KD_RECIPE, "train.ema_decay=0.9", "train.ema_steps=2", "optim.norm_weight_decay=0.0"]
+    full = _trainer([*tiny_overrides, *ema, "train.name=full"])
+    metrics = full.fit()
+    assert "ema_top1" in metrics
+    assert len(full.optimizer.param_groups) == 2  # norm layers in their own group
+    assert full.optimizer.param_groups[1]["weight_decay"] == 0.0
+    first = _trainer([*tiny_overrides, *ema, "train.name=split", "train.max_steps=6"])
+    first.fit()
+    saved = tmp_path / "split" / "config.yaml"
+    resumed = build_trainer(load_config(saved, ["train.max_steps=null"]), resume=saved.parent)
+    resumed.fit()
+    a, b = full.ema.state_dict(), resumed.ema.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

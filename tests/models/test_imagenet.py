@@ -15,6 +15,9 @@ PARAMS = {
     "resnet50": 25_557_032,
     "resnet101": 44_549_160,
     "mobilenet_v2": 3_504_872,
+    "vit_b_16": 86_567_656,
+    "vit_s_16": 22_050_664,  # DeiT-S widths
+    "vit_ti_16": 5_717_416,  # DeiT-Ti widths
 }
 # len(state_dict()) of the torchvision models, num_batches_tracked included.
 NUM_KEYS = {
@@ -23,6 +26,7 @@ NUM_KEYS = {
     "resnet50": 320,
     "resnet101": 626,
     "mobilenet_v2": 314,
+    **dict.fromkeys(["vit_b_16", "vit_s_16", "vit_ti_16"], 152),
 }
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -46,8 +50,9 @@ def test_param_count_and_output_shape(name: str) -> None:
     model = _model(name)
     assert sum(p.numel() for p in model.parameters()) == PARAMS[name]
     assert len(model.state_dict()) == NUM_KEYS[name]
+    size = 224 if name.startswith("vit_") else 64  # a ViT takes its own image size only
     with torch.no_grad():
-        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
+        assert model(torch.randn(2, 3, size, size)).shape == (2, 1000)
 
 
 def test_resnet18_full_resolution_and_num_classes() -> None:
@@ -61,6 +66,8 @@ def test_resnet18_full_resolution_and_num_classes() -> None:
 @pytest.mark.parametrize("name", list_models("imagenet"))
 def test_feature_info_matches_hooks_and_logits(name: str) -> None:
     model, size = _model(name), 64
+    if not hasattr(model, "feature_info"):
+        pytest.skip("ViT tokens are no feature maps (tests/models/test_vit.py covers ViTs)")
     info = model.feature_info
     assert [d["reduction"] for d in info] == sorted(d["reduction"] for d in info)
     assert info[-1]["reduction"] == 32

@@ -46,16 +46,23 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (strided), 1x1 expand by 4, with a shortcut."""
+    """1x1 reduce, 3x3 (strided), 1x1 expand by 4, with a shortcut.
+
+    ``stride_in_1x1=True`` moves the stride to the first 1x1 convolution: the original
+    Caffe ResNet ("caffe" style in mmdetection, used by the Detectron checkpoints).
+    """
 
     expansion = 4
 
-    def __init__(self, in_chs: int, width: int, stride: int = 1) -> None:
+    def __init__(
+        self, in_chs: int, width: int, stride: int = 1, stride_in_1x1: bool = False
+    ) -> None:
         super().__init__()
         out_chs = width * self.expansion
-        self.conv1 = nn.Conv2d(in_chs, width, 1, bias=False)
+        s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = nn.Conv2d(in_chs, width, 1, stride=s1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=s3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out_chs, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_chs)
