@@ -1,0 +1,122 @@
+"""Load mmdetection checkpoints of RetinaNet, FCOS, ATSS and GFL (ResNet-FPN) into ours.
+
+Our parameter names are mmdetection's (``backbone.layer1.0.conv1.weight``,
+``neck.lateral_convs.0.conv.weight``, ``bbox_head.cls_convs.0.gn.weight``,
+``bbox_head.scales.0.scale`` ...), so conversion is: unwrap the checkpoint, rename the
+mmdetection 1.x FCOS predictors (``fcos_cls`` -> ``conv_cls``, as mmdetection's own
+upgrade hook does), and check every key and shape against the detector it describes.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kdforge.models.factory import create_model
+
+__all__ = ["convert_mmdet_checkpoint", "detect_mmdet_model"]
+
+_HEAD_KINDS = {"retina_cls": "retinanet", "conv_cls": "fcos", "atss_cls": "atss", "gfl_cls": "gfl"}
+# keys some checkpoints lack and that carry no learned value: taken from the model
+_OPTIONAL = ("num_batches_tracked", "bbox_head.integral.project")
+
+
+def _unwrap(path_or_state: str | Path | dict[str, Any]) -> dict[str, Tensor]:
+    state = path_or_state
+    if not isinstance(state, dict):
+        state = torch.load(Path(path_or_state), map_location="cpu", weights_only=False)
+    if isinstance(state.get("state_dict"), dict):  # {"meta", "state_dict", "optimizer"}
+        state = state["state_dict"]
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        key = re.sub(r"^bbox_head\.fcos_(cls|reg|centerness)\.", r"bbox_head.conv_\1.", key)
+        if isinstance(value, Tensor):
+            out[key] = value
+    return out
+
+
+def _count(state: dict[str, Tensor], pattern: str) -> int:
+    """Number of distinct integers ``i`` in keys matching ``pattern`` (with one ``(\\d+)``)."""
+    return len({m.group(1) for k in state if (m := re.match(pattern, k))})
+
+
+def detect_mmdet_model(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
+    """The registered name and builder keywords of the detector a state dict describes.
+
+    Returns:
+        e.g. ``("gfl_r50_fpn", {"num_classes": 80, "feat_channels": 256, ...})``.
+    """
+    kind = next((k for p, k in _HEAD_KINDS.items() if f"bbox_head.{p}.weight" in state), None)
+    if kind is None:
+        raise ValueError(
+            "not an mmdetection RetinaNet/FCOS/ATSS/GFL checkpoint: no bbox_head."
+            f"{{{','.join(_HEAD_KINDS)}}}.weight key"
+        )
+    blocks = _count(state, r"backbone\.layer3\.(\d+)\.")
+    bottleneck = "backbone.layer1.0.conv3.weight" in state
+    depth = {(2, False): 18, (6, False): 34, (6, True): 50, (23, True): 101}.get(
+        (blocks, bottleneck)
+    )
+    if depth is None:
+        raise ValueError(f"unsupported ResNet: {blocks} blocks in layer3, bottleneck={bottleneck}")
+    cls_key = next(p for p, k in _HEAD_KINDS.items() if k == kind)
+    num_outputs = state[f"bbox_head.{cls_key}.weight"].shape[0]
+    kwargs: dict[str, Any] = {
+        "num_classes": num_outputs,
+        "fpn_channels": state["neck.lateral_convs.0.conv.weight"].shape[0],
+        "feat_channels": state["bbox_head.cls_convs.0.conv.weight"].shape[0],
+        "stacked_convs": _count(state, r"bbox_head\.cls_convs\.(\d+)\."),
+    }
+    if kind == "retinanet":
+        kwargs["num_classes"] = num_outputs // (state["bbox_head.retina_reg.weight"].shape[0] // 4)
+    if kind == "gfl":
+        kwargs["reg_max"] = state["bbox_head.gfl_reg.weight"].shape[0] // 4 - 1
+    return f"{kind}_r{depth}_fpn", kwargs
+
+
+def convert_mmdet_checkpoint(
+    path_or_state: str | Path | dict[str, Any], model: nn.Module | None = None
+) -> dict[str, Tensor]:
+    """Map an mmdetection checkpoint onto a kdforge detector's state dict.
+
+    Args:
+        path_or_state: a ``.pth`` file or its loaded dict (``state_dict`` nesting and
+            ``module.`` prefixes are unwrapped).
+        model: the detector to load into; by default the registered one that
+            :func:`detect_mmdet_model` names.
+
+    Returns:
+        a state dict that ``model.load_state_dict`` accepts strictly.
+
+    Raises:
+        ValueError: listing the checkpoint keys that match nothing, the model keys left
+            without a value and the shape mismatches.
+    """
+    state = _unwrap(path_or_state)
+    if model is None:
+        name, kwargs = detect_mmdet_model(state)
+        model = create_model(name, **kwargs)
+    own = model.state_dict()
+    out = {k: v for k, v in state.items() if k in own}
+    unmatched = sorted(k for k in state if k not in own)
+    for key, value in own.items():
+        if key not in out and key.endswith(_OPTIONAL):
+            out[key] = value.clone()
+    missing = [k for k in own if k not in out]
+    wrong = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in out.items()
+        if v.shape != own[k].shape
+    ]
+    if unmatched or missing or wrong:
+        lines = [f"mmdetection checkpoint does not match {type(model).__name__}:"]
+        for title, keys in (("unmatched", unmatched), ("missing", missing), ("shape", wrong)):
+            if keys:
+                lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys))
+        raise ValueError("\n".join(lines))
+    return out

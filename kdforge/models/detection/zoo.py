@@ -1,0 +1,107 @@
+"""Registered detectors: ``{retinanet,fcos,atss,gfl}_r{18,50,101}_fpn``.
+
+Each follows its mmdetection config (see the head modules for the exact settings):
+
+=========  =======  ===================  =======================  ==========
+detector   style    BN affine trainable  FPN extra convs          head NMS
+=========  =======  ===================  =======================  ==========
+retinanet  pytorch  yes                  on_input                 0.5
+fcos       caffe    no                   on_output, ReLU before   0.5
+atss       pytorch  yes                  on_output                0.6
+gfl        pytorch  yes                  on_output                0.6
+=========  =======  ===================  =======================  ==========
+
+All use ``frozen_stages=1``, ``norm_eval=True``, FPN ``P3..P7`` with 256 channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from kdforge.models._registry import register_model
+from kdforge.models.detection._dense_head import DenseHead
+from kdforge.models.detection.atss import ATSSHead
+from kdforge.models.detection.backbone import ResNetBackbone
+from kdforge.models.detection.detector import DenseDetector
+from kdforge.models.detection.fcos import FCOSHead
+from kdforge.models.detection.fpn import FPN
+from kdforge.models.detection.gfl import GFLHead
+from kdforge.models.detection.retinanet import RetinaHead
+
+__all__ = ["DETECTORS", "build_detector"]
+
+# head class, backbone style, BN requires_grad, FPN add_extra_convs, relu_before_extra_convs
+DETECTORS: dict[str, tuple[type[DenseHead], str, bool, str, bool]] = {
+    "retinanet": (RetinaHead, "pytorch", True, "on_input", False),
+    "fcos": (FCOSHead, "caffe", False, "on_output", True),
+    "atss": (ATSSHead, "pytorch", True, "on_output", False),
+    "gfl": (GFLHead, "pytorch", True, "on_output", False),
+}
+_DEPTHS = (18, 50, 101)
+
+
+def build_detector(
+    kind: str,
+    depth: int = 50,
+    num_classes: int = 80,
+    *,
+    style: str | None = None,
+    frozen_stages: int = 1,
+    norm_eval: bool = True,
+    norm_requires_grad: bool | None = None,
+    backbone_pretrained: str | Path | None = None,
+    fpn_channels: int = 256,
+    **head_kwargs,
+) -> DenseDetector:
+    """Build a ResNet-FPN dense detector with its mmdetection defaults.
+
+    Args:
+        kind: ``"retinanet"``, ``"fcos"``, ``"atss"`` or ``"gfl"``.
+        depth: ResNet depth (18, 34, 50, 101).
+        num_classes: object classes.
+        style, norm_requires_grad: backbone overrides (defaults per detector, table above).
+        frozen_stages, norm_eval: see :class:`ResNetBackbone`.
+        backbone_pretrained: a torchvision ImageNet ResNet checkpoint for the backbone.
+        fpn_channels: FPN output channels (the head's input channels).
+        **head_kwargs: keyword arguments of the head class (e.g. ``feat_channels``,
+            ``stacked_convs``, ``center_sampling``, ``nms_iou``).
+    """
+    if kind not in DETECTORS:
+        raise KeyError(f"unknown detector {kind!r}; known: {', '.join(DETECTORS)}")
+    head_cls, default_style, bn_grad, extra_convs, relu_before = DETECTORS[kind]
+    backbone = ResNetBackbone(
+        depth,
+        style=style or default_style,
+        frozen_stages=frozen_stages,
+        norm_eval=norm_eval,
+        norm_requires_grad=bn_grad if norm_requires_grad is None else norm_requires_grad,
+    )
+    if backbone_pretrained is not None:
+        backbone.load_torchvision(backbone_pretrained)
+    neck = FPN(
+        [info["num_chs"] for info in backbone.feature_info],
+        fpn_channels,
+        start_level=1,
+        num_outs=5,
+        add_extra_convs=extra_convs,
+        relu_before_extra_convs=relu_before,
+    )
+    head = head_cls(num_classes, in_channels=fpn_channels, **head_kwargs)
+    return DenseDetector(backbone, neck, head)
+
+
+def _builder(kind: str, depth: int) -> Callable[..., DenseDetector]:
+    def build(num_classes: int = 80, **kwargs) -> DenseDetector:
+        return build_detector(kind, depth, num_classes, **kwargs)
+
+    build.__name__ = f"{kind}_r{depth}_fpn"
+    build.__doc__ = f"{DETECTORS[kind][0].__name__} on ResNet-{depth} FPN (mmdetection defaults)."
+    return build
+
+
+for _kind in DETECTORS:
+    for _depth in _DEPTHS:
+        register_model(
+            f"{_kind}_r{_depth}_fpn", input_size=(3, 800, 1333), family="detection", num_classes=80
+        )(_builder(_kind, _depth))

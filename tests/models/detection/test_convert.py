@@ -1,0 +1,137 @@
+"""mmdetection checkpoint conversion, on state dicts written with mmdetection's key names.
+
+The state dicts are built here from mmdetection's naming (``ResNet``, ``FPN`` and the
+heads' ``ConvModule``/``Scale``/``Integral`` names), not from our models, so a renamed
+parameter on our side fails these tests.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdforge.models import create_model
+from kdforge.models.detection import convert_mmdet_checkpoint, detect_mmdet_model
+
+_BN = ("weight", "bias", "running_mean", "running_var")
+
+
+def _bn(prefix: str, chs: int) -> dict[str, tuple]:
+    shapes = {f"{prefix}.{n}": (chs,) for n in _BN}
+    return {**shapes, f"{prefix}.num_batches_tracked": ()}
+
+
+def _mmdet_resnet(depth: int) -> dict[str, tuple]:
+    blocks = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}[depth]
+    keys = {"backbone.conv1.weight": (64, 3, 7, 7), **_bn("backbone.bn1", 64)}
+    in_chs = 64
+    for stage, n in enumerate(blocks):
+        width = 64 * 2**stage
+        for j in range(n):
+            p = f"backbone.layer{stage + 1}.{j}"
+            keys[f"{p}.conv1.weight"] = (width, in_chs, 1, 1)
+            keys[f"{p}.conv2.weight"] = (width, width, 3, 3)
+            keys[f"{p}.conv3.weight"] = (4 * width, width, 1, 1)
+            for i, chs in ((1, width), (2, width), (3, 4 * width)):
+                keys.update(_bn(f"{p}.bn{i}", chs))
+            if j == 0:
+                keys[f"{p}.downsample.0.weight"] = (4 * width, in_chs, 1, 1)
+                keys.update(_bn(f"{p}.downsample.1", 4 * width))
+            in_chs = 4 * width
+    return keys
+
+
+def _mmdet_fpn(on_input: bool) -> dict[str, tuple]:
+    keys = {}
+    for i, chs in enumerate((512, 1024, 2048)):
+        keys[f"neck.lateral_convs.{i}.conv.weight"] = (256, chs, 1, 1)
+        keys[f"neck.lateral_convs.{i}.conv.bias"] = (256,)
+    for i in range(5):
+        chs = 2048 if i == 3 and on_input else 256
+        keys[f"neck.fpn_convs.{i}.conv.weight"] = (256, chs, 3, 3)
+        keys[f"neck.fpn_convs.{i}.conv.bias"] = (256,)
+    return keys
+
+
+def _mmdet_head(kind: str, k: int = 80) -> dict[str, tuple]:
+    keys = {}
+    for tower in ("cls_convs", "reg_convs"):
+        for i in range(4):
+            keys[f"bbox_head.{tower}.{i}.conv.weight"] = (256, 256, 3, 3)
+            if kind == "retinanet":
+                keys[f"bbox_head.{tower}.{i}.conv.bias"] = (256,)
+            else:
+                keys[f"bbox_head.{tower}.{i}.gn.weight"] = (256,)
+                keys[f"bbox_head.{tower}.{i}.gn.bias"] = (256,)
+    predictors = {
+        "retinanet": {"retina_cls": 9 * k, "retina_reg": 36},
+        "fcos": {"conv_cls": k, "conv_reg": 4, "conv_centerness": 1},
+        "atss": {"atss_cls": k, "atss_reg": 4, "atss_centerness": 1},
+        "gfl": {"gfl_cls": k, "gfl_reg": 68},
+    }[kind]
+    for name, out in predictors.items():
+        keys[f"bbox_head.{name}.weight"] = (out, 256, 3, 3)
+        keys[f"bbox_head.{name}.bias"] = (out,)
+    if kind != "retinanet":
+        keys.update({f"bbox_head.scales.{i}.scale": () for i in range(5)})
+    if kind == "gfl":
+        keys["bbox_head.integral.project"] = (17,)
+    return keys
+
+
+def _mmdet_checkpoint(kind: str, depth: int) -> dict:
+    shapes = {**_mmdet_resnet(depth), **_mmdet_fpn(kind == "retinanet"), **_mmdet_head(kind)}
+    state = {key: torch.full(shape, float(i)) for i, (key, shape) in enumerate(shapes.items())}
+    return {"meta": {"mmdet_version": "3.0.0"}, "state_dict": state}
+
+
+@pytest.mark.parametrize(
+    "kind, depth", [("retinanet", 50), ("fcos", 50), ("atss", 50), ("gfl", 50), ("gfl", 101)]
+)
+def test_mmdet_checkpoint_covers_every_key(kind: str, depth: int) -> None:
+    checkpoint = _mmdet_checkpoint(kind, depth)
+    name, kwargs = detect_mmdet_model(checkpoint["state_dict"])
+    assert name == f"{kind}_r{depth}_fpn" and kwargs["num_classes"] == 80
+    model = create_model(name, **kwargs)
+    state = convert_mmdet_checkpoint(checkpoint, model)
+    assert set(state) == set(model.state_dict())
+    model.load_state_dict(state)  # strict
+    ours = model.state_dict()
+    for key, value in checkpoint["state_dict"].items():
+        assert torch.equal(ours[key], value), key
+
+
+def test_converter_reports_unmatched_missing_and_shape(tmp_path) -> None:
+    checkpoint = _mmdet_checkpoint("atss", 50)
+    state = checkpoint["state_dict"]
+    model = create_model("atss_r50_fpn")
+    del state["bbox_head.atss_centerness.weight"]
+    state["bbox_head.extra_conv.weight"] = torch.zeros(1)
+    state["bbox_head.scales.0.scale"] = torch.zeros(2)
+    path = tmp_path / "atss.pth"
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError) as err:
+        convert_mmdet_checkpoint(path, model)
+    message = str(err.value)
+    assert "unmatched (1): bbox_head.extra_conv.weight" in message
+    assert "missing (1): bbox_head.atss_centerness.weight" in message
+    assert "bbox_head.scales.0.scale: checkpoint (2,) vs model ()" in message
+
+
+def test_converter_unwraps_ddp_and_legacy_fcos_names() -> None:
+    state = _mmdet_checkpoint("fcos", 50)["state_dict"]
+    legacy = {}
+    for key, value in state.items():
+        for old in ("cls", "reg", "centerness"):
+            key = key.replace(f"bbox_head.conv_{old}.", f"bbox_head.fcos_{old}.")
+        legacy[f"module.{key}"] = value
+    del legacy["module.backbone.bn1.num_batches_tracked"]  # old checkpoints lack these
+    converted = convert_mmdet_checkpoint(legacy)  # builds the detector it detects
+    model = create_model("fcos_r50_fpn")
+    model.load_state_dict(converted)
+    torch.testing.assert_close(model.bbox_head.conv_cls.bias, state["bbox_head.conv_cls.bias"])
+
+
+def test_detect_rejects_other_checkpoints() -> None:
+    with pytest.raises(ValueError, match="not an mmdetection"):
+        detect_mmdet_model({"backbone.conv1.weight": torch.zeros(1)})
