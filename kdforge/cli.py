@@ -159,25 +159,24 @@ def _eval(args: argparse.Namespace) -> None:
     from kdforge.config import load_config
     from kdforge.engine.build import build_loaders, build_model
     from kdforge.engine.distributed import init_distributed
-    from kdforge.engine.evaluate import evaluate_classifier
+    from kdforge.engine.tasks import TASKS
     from kdforge.models import read_state_dict
 
     cfg = load_config(args.config, args.overrides)
     model_cfg = cfg[args.model]
     if model_cfg.name is None:
         raise SystemExit(f"the recipe has no {args.model}")
+    task = TASKS[cfg.task]
     dist = init_distributed(cfg.train.device)
-    _, val_loader, num_classes = build_loaders(cfg.data, dist, cfg.train.seed)
+    _, val_loader, num_classes = build_loaders(cfg.data, dist, cfg.train.seed, task)
     model_cfg.pretrained = None
     model = build_model(model_cfg, num_classes)
     model.load_state_dict(read_state_dict(args.checkpoint))
-    metrics = evaluate_classifier(
+    metrics = task.evaluate(
         model.to(dist.device), val_loader, dist.device, None, cfg.train.max_eval_batches
     )
-    print(
-        f"{model_cfg.name} ({args.checkpoint}): top-1 {metrics['top1']:.2f}%, "
-        f"top-5 {metrics['top5']:.2f}%, loss {metrics['loss']:.4f} on {metrics['count']} images"
-    )
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "count")
+    print(f"{model_cfg.name} ({args.checkpoint}) on {metrics['count']} images: {shown}")
 
 
 def _probe(args: argparse.Namespace) -> None:

@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: str = "cifar100"  # cifar100 | cifar10 | imagefolder | digits
+    name: str = "cifar100"  # cifar100 | cifar10 | imagefolder | digits | coco (detection)
     root: str | None = "data"  # folder that holds the data set (see kdforge.data)
     batch_size: int = 64  # per process
     eval_batch_size: int | None = None  # defaults to batch_size
@@ -81,11 +81,13 @@ class TrainConfig:
 
 @dataclass
 class Config:
+    task: str = "classification"  # classification | detection
     data: DataConfig = field(default_factory=DataConfig)
     teacher: ModelConfig = field(default_factory=ModelConfig)  # name None: no teacher
     student: ModelConfig = field(default_factory=ModelConfig)
-    # {term name: {type: <kdforge.losses.TERMS key, default the name>, **kwargs}}
-    loss: dict[str, Any] = field(default_factory=lambda: {"ce": {}})
+    # {term name: {type: <kdforge.losses.TERMS key, default the name>, **kwargs}};
+    # empty: the task's ground-truth loss alone (ce, detection)
+    loss: dict[str, Any] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

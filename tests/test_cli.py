@@ -50,7 +50,7 @@ def test_train_export_eval_round_trip(tiny_overrides, tmp_path, capsys):
     assert torch.equal(student(x), reference(x))
     capsys.readouterr()
     main(["eval", str(recipe), "--checkpoint", str(out), "--set", *tiny_overrides])
-    assert "top-1" in capsys.readouterr().out
+    assert "top1" in capsys.readouterr().out
 
 
 def test_unknown_key_exits_with_a_clear_message(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -11,19 +10,18 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
 from kdforge.config import ConfigError, save_config
-from kdforge.data import build_datasets
 from kdforge.data.mixing import MixupCollate
 from kdforge.data.samplers import RepeatedAugSampler
 from kdforge.distiller import Distiller
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.distributed import DistInfo, init_distributed
 from kdforge.engine.ema import ModelEMA, adjusted_ema_decay
-from kdforge.engine.evaluate import evaluate_classifier
 from kdforge.engine.logging import RunLogger
 from kdforge.engine.optim import build_optimizer, build_scheduler, parameter_groups
+from kdforge.engine.tasks import TASKS, Task
 from kdforge.engine.trainer import AMP_DTYPES, Trainer, seed_everything
 from kdforge.losses import TERMS, LossTerm
 from kdforge.models import create_model
@@ -34,7 +32,6 @@ __all__ = [
     "build_model",
     "build_terms",
     "build_trainer",
-    "check_teacher_accuracy",
 ]
 
 
@@ -88,11 +85,10 @@ def build_model(model_cfg: DictConfig, num_classes: int) -> nn.Module:
 
 
 def build_loaders(
-    data_cfg: DictConfig, dist: DistInfo, seed: int
+    data_cfg: DictConfig, dist: DistInfo, seed: int, task: Task = TASKS["classification"]
 ) -> tuple[DataLoader, DataLoader, int]:
     """Train and validation loaders (sharded over processes) and the number of classes."""
-    options = OmegaConf.to_container(data_cfg.options, resolve=True)
-    train_set, val_set = build_datasets(data_cfg.name, data_cfg.root, **options)
+    train_set, val_set = task.build_datasets(data_cfg)
     pin = dist.device.type == "cuda"
     workers = data_cfg.num_workers
     if data_cfg.repeated_aug > 1:
@@ -104,6 +100,9 @@ def build_loaders(
             train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed
         )
     mixup = data_cfg.mixup_alpha
+    if mixup > 0 and task.collate is not None:
+        raise ConfigError("data.mixup_alpha applies to classification only; set it to 0")
+    collate = MixupCollate(train_set.num_classes, mixup) if mixup > 0 else task.collate
     train = DataLoader(
         train_set,
         batch_size=data_cfg.batch_size,
@@ -112,28 +111,17 @@ def build_loaders(
         pin_memory=pin,
         drop_last=False,
         generator=torch.Generator(),
-        collate_fn=MixupCollate(train_set.num_classes, mixup) if mixup > 0 else None,
+        collate_fn=collate,
     )
     val = DataLoader(
         val_set,
         batch_size=data_cfg.eval_batch_size or data_cfg.batch_size,
         sampler=ShardSampler(val_set, dist.rank, dist.world_size),
         num_workers=workers,
+        collate_fn=task.collate,
         pin_memory=pin,
     )
     return train, val, train_set.num_classes
-
-
-def check_teacher_accuracy(top1: float, num_classes: int, count: int, name: str) -> None:
-    """Fail when the teacher is not clearly better than guessing (3 sigma above chance)."""
-    chance = 100.0 / num_classes
-    sigma = 100.0 * math.sqrt((chance / 100) * (1 - chance / 100) / max(count, 1))
-    if top1 <= chance + 3 * sigma:
-        raise RuntimeError(
-            f"teacher {name!r} scores {top1:.2f}% top-1 on the validation set, no better than "
-            f"chance ({chance:.2f}%). Set teacher.pretrained to a trained checkpoint, or "
-            "train.check_teacher=false to distil from it anyway."
-        )
 
 
 def _run_dir(cfg: DictConfig, recipe_name: str, dist: DistInfo) -> Path:
@@ -157,20 +145,21 @@ def build_trainer(
     """
     dist = dist or init_distributed(cfg.train.device)
     seed_everything(cfg.train.seed)
-    terms = build_terms(OmegaConf.to_container(cfg.loss, resolve=True))
+    if cfg.task not in TASKS:
+        raise ConfigError(f"unknown task {cfg.task!r}; valid tasks: {', '.join(TASKS)}")
+    task = TASKS[cfg.task]
+    terms = build_terms(OmegaConf.to_container(cfg.loss, resolve=True) or {task.loss: {}})
     if any(t.needs_teacher for t in terms.values()) and cfg.teacher.name is None:
         raise ConfigError("the loss terms need a teacher but teacher.name is not set")
     if cfg.train.amp not in AMP_DTYPES:
         raise ConfigError(f"train.amp must be one of {list(AMP_DTYPES)}, got {cfg.train.amp!r}")
-    train_loader, val_loader, num_classes = build_loaders(cfg.data, dist, cfg.train.seed)
+    train_loader, val_loader, num_classes = build_loaders(cfg.data, dist, cfg.train.seed, task)
     student = build_model(cfg.student, num_classes).to(dist.device)
     teacher = build_model(cfg.teacher, num_classes).to(dist.device) if cfg.teacher.name else None
     amp_dtype = AMP_DTYPES[cfg.train.amp]
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        return evaluate_classifier(
-            model, val_loader, dist.device, amp_dtype, cfg.train.max_eval_batches
-        )
+        return task.evaluate(model, val_loader, dist.device, amp_dtype, cfg.train.max_eval_batches)
 
     run_dir = Path(resume) if resume else _run_dir(cfg, recipe_name, dist)
     if not resume and (run_dir / "last.pt").exists():
@@ -184,14 +173,13 @@ def build_trainer(
     if teacher is not None and not resume:
         metrics = evaluate(teacher)
         log.log("teacher", 0, **metrics)
-        log.print(
-            f"teacher {cfg.teacher.name}: top-1 {metrics['top1']:.2f}%, "
-            f"top-5 {metrics['top5']:.2f}%"
-        )
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "count")
+        log.print(f"teacher {cfg.teacher.name}: {shown}")
         if cfg.train.check_teacher:
-            check_teacher_accuracy(metrics["top1"], num_classes, metrics["count"], cfg.teacher.name)
+            task.check_teacher(metrics, num_classes, cfg.teacher.name)
 
-    example = torch.stack([train_loader.dataset[i][0] for i in range(2)]).to(dist.device)
+    items = [train_loader.dataset[i] for i in range(2)]
+    example = (task.collate or default_collate)(items)[0].to(dist.device)
     distiller = Distiller(teacher, student, terms, example_input=example)
     # Parameters with an objective of their own (e.g. CAKD's discriminator) get their own
     # optimizer and stay out of DDP's gradient sync; the trainer averages their gradients.
@@ -249,7 +237,7 @@ def build_trainer(
         run_dir,
         epochs,
         dist,
-        metric="top1",
+        metric=task.metric,
         amp=cfg.train.amp,
         clip_grad_norm=optim.clip_grad_norm,
         seed=cfg.train.seed,

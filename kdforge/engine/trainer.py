@@ -44,6 +44,17 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return seed + 1009 * epoch + 1_000_003 * rank
 
 
+def _to_device(value: Any, device: torch.device) -> Any:
+    """Move the tensors of a (nested) batch of targets; leave everything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
+
+
 class Trainer:
     """Train a :class:`~kdforge.Distiller` (possibly DDP-wrapped) epoch by epoch.
 
@@ -227,7 +238,7 @@ class Trainer:
         )
         for i, (inputs, targets) in enumerate(bar):
             inputs = inputs.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
+            targets = _to_device(targets, device)
             with torch.autocast(
                 device.type,
                 dtype=self.amp_dtype or torch.float32,
@@ -254,7 +265,7 @@ class Trainer:
             self.step += 1
             for k, v in zip(losses, values, strict=True):
                 sums[k] = sums.get(k, 0.0) + v
-            seen += len(targets) * self.dist.world_size
+            seen += len(inputs) * self.dist.world_size
             rate = seen / (time.perf_counter() - tick)
             if i % self.log_every == 0 or self._done():
                 means = {k: s / (i + 1) for k, s in sums.items()}

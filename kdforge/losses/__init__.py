@@ -8,6 +8,7 @@ from kdforge.losses._cakd_modules import (
 from kdforge.losses.base import DistillBatch, LossTerm
 from kdforge.losses.cakd import CAKDLoss, cakd_ramp
 from kdforge.losses.ce import CrossEntropyLoss
+from kdforge.losses.detection import DetectionLoss
 from kdforge.losses.dkd import DKDLoss, dkd_loss
 from kdforge.losses.fitnet import ConvRegressor, FitNetLoss, fitnet_loss
 from kdforge.losses.kd import KDLoss, kd_loss
@@ -15,6 +16,7 @@ from kdforge.losses.kd import KDLoss, kd_loss
 # Config name -> term class; `loss: {<name>: {type: <key>, ...}}` in a recipe picks one.
 TERMS: dict[str, type[LossTerm]] = {
     "ce": CrossEntropyLoss,
+    "detection": DetectionLoss,
     "kd": KDLoss,
     "dkd": DKDLoss,
     "fitnet": FitNetLoss,
@@ -27,6 +29,7 @@ __all__ = [
     "ConvRegressor",
     "CrossEntropyLoss",
     "DKDLoss",
+    "DetectionLoss",
     "DistillBatch",
     "FitNetLoss",
     "GroupLinearProjector",

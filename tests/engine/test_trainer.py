@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from kdforge.config import load_config
-from kdforge.engine.build import build_trainer, check_teacher_accuracy
+from kdforge.engine.build import build_trainer
+from kdforge.engine.tasks import check_teacher_accuracy
 from kdforge.engine.trainer import NonFiniteLossError
 from kdforge.losses import TERMS, LossTerm
 
@@ -72,9 +73,10 @@ def test_teacher_at_chance_is_an_error(tiny_overrides):
 
 
 def test_check_teacher_accuracy_threshold():
-    check_teacher_accuracy(40.0, 10, 1000, "t")  # clearly above 10% chance
+    check_teacher_accuracy({"top1": 40.0, "count": 1000}, 10, "t")  # clearly above 10% chance
     with pytest.raises(RuntimeError, match="teacher.pretrained"):
-        check_teacher_accuracy(11.0, 10, 1000, "t")  # within 3 sigma (2.8 points) of chance
+        # within 3 sigma (2.8 points) of chance
+        check_teacher_accuracy({"top1": 11.0, "count": 1000}, 10, "t")
 
 
 def test_non_finite_loss_names_step_term_and_checkpoint(tiny_overrides, tmp_path):
