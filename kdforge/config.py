@@ -49,6 +49,9 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
     weight_decay: float = 5e-4
     norm_weight_decay: float | None = None  # weight decay of norm layers; None = weight_decay
+    bias_lr_mult: float = 1.0  # lr multiplier of (non-norm) biases (mmdet FCOS: 2)
+    bias_weight_decay: float | None = None  # weight decay of biases; None = weight_decay
+    base_batch_size: int | None = None  # set: lr is for this global batch, scaled linearly
     clip_grad_norm: float | None = None  # max global grad norm; None = no clipping
 
 
@@ -61,6 +64,7 @@ class ScheduleConfig:
     min_lr: float = 0.0  # cosine
     warmup_epochs: float = 0.0  # linear warm-up from warmup_factor * lr
     warmup_factor: float = 0.001
+    warmup_iters: int = 0  # > 0: warm up over this many steps instead (mmdet: 500)
 
 
 @dataclass

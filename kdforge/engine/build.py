@@ -195,15 +195,25 @@ def build_trainer(
         ids = [dist.local_rank] if dist.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(distiller, device_ids=ids)
     optim = cfg.optim
+    lr = optim.lr
+    if optim.base_batch_size:  # linear scaling rule: lr is given for base_batch_size images
+        lr = optim.lr * dist.world_size * cfg.data.batch_size / optim.base_batch_size
     options = (
         optim.name,
-        optim.lr,
+        lr,
         optim.momentum,
         optim.nesterov,
         tuple(optim.betas),
         optim.weight_decay,
     )
-    groups = parameter_groups(distiller, optim.norm_weight_decay, exclude=aux_ids)
+    groups = parameter_groups(
+        distiller,
+        lr,
+        optim.norm_weight_decay,
+        optim.bias_lr_mult,
+        optim.bias_weight_decay,
+        exclude=aux_ids,
+    )
     optimizer = build_optimizer(groups, *options)
     schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
     epochs = schedule.pop("epochs")
@@ -211,8 +221,7 @@ def build_trainer(
     aux_optimizer = aux_scheduler = None
     if aux_terms:
         aux_groups = [
-            {"params": t.auxiliary_parameters(), "lr": optim.lr * t.auxiliary_lr_scale}
-            for t in aux_terms
+            {"params": t.auxiliary_parameters(), "lr": lr * t.auxiliary_lr_scale} for t in aux_terms
         ]
         aux_optimizer = build_optimizer(aux_groups, *options)
         aux_scheduler = build_scheduler(aux_optimizer, len(train_loader), epochs, **schedule)

@@ -21,27 +21,40 @@ _NORM_LAYERS = (
 
 
 def parameter_groups(
-    model: nn.Module, norm_weight_decay: float | None = None, exclude: Iterable[int] = ()
+    model: nn.Module,
+    lr: float,
+    norm_weight_decay: float | None = None,
+    bias_lr_mult: float = 1.0,
+    bias_weight_decay: float | None = None,
+    exclude: Iterable[int] = (),
 ) -> list[dict]:
     """The trainable parameters of ``model`` as optimizer groups.
 
-    With ``norm_weight_decay`` set, the parameters of normalisation layers form a second
-    group with that weight decay (torchvision's ``--norm-weight-decay``). Parameters whose
-    ``id`` is in ``exclude`` are left out (they have an optimizer of their own).
+    Normalisation-layer parameters get ``norm_weight_decay`` when it is set (torchvision's
+    ``--norm-weight-decay``); the other biases get ``lr * bias_lr_mult`` and, when set,
+    ``bias_weight_decay`` (mmdetection's ``bias_lr_mult`` / ``bias_decay_mult``, e.g. FCOS:
+    2 and 0). Parameters whose ``id`` is in ``exclude`` are left out (they have an
+    optimizer of their own); groups without a setting of their own use the optimizer's.
     """
     skip = set(exclude)
-    norm, other = [], []
+    groups: dict[str, dict] = {}
     for module in model.modules():
-        for p in module.parameters(recurse=False):
+        is_norm = norm_weight_decay is not None and isinstance(module, _NORM_LAYERS)
+        for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in skip:
                 continue
             skip.add(id(p))  # a shared parameter joins one group only
-            is_norm = norm_weight_decay is not None and isinstance(module, _NORM_LAYERS)
-            (norm if is_norm else other).append(p)
-    groups = [{"params": other}]
-    if norm:
-        groups.append({"params": norm, "weight_decay": norm_weight_decay})
-    return groups
+            if is_norm:
+                key, settings = "norm", {"weight_decay": norm_weight_decay}
+            elif name == "bias" and (bias_lr_mult != 1.0 or bias_weight_decay is not None):
+                settings = {"lr": lr * bias_lr_mult}
+                if bias_weight_decay is not None:
+                    settings["weight_decay"] = bias_weight_decay
+                key = "bias"
+            else:
+                key, settings = "other", {}
+            groups.setdefault(key, {"params": [], **settings})["params"].append(p)
+    return list(groups.values())
 
 
 def build_optimizer(
@@ -75,6 +88,7 @@ def lr_factor(
     min_lr_ratio: float = 0.0,
     warmup_epochs: float = 0.0,
     warmup_factor: float = 0.001,
+    warmup_iters: int = 0,
 ) -> float:
     """Multiplier of the base LR at optimizer step ``step`` (0-based).
 
@@ -82,10 +96,10 @@ def lr_factor(
     epoch-wise decay (0-based epoch 150 is its 1-based epoch 151, the first decayed one).
     cosine: half a cosine from 1 to ``min_lr_ratio`` over the steps after the warm-up.
     A linear warm-up from ``warmup_factor`` to the schedule's value covers the first
-    ``warmup_epochs`` (fractions allowed).
+    ``warmup_epochs`` (fractions allowed), or the first ``warmup_iters`` steps if set.
     """
     epoch = step // steps_per_epoch
-    warmup_steps = round(warmup_epochs * steps_per_epoch)
+    warmup_steps = warmup_iters or round(warmup_epochs * steps_per_epoch)
     if name == "multistep":
         factor = gamma ** sum(epoch >= m for m in milestones)
     elif name == "cosine":

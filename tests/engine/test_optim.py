@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from kdforge.engine.optim import build_optimizer, build_scheduler, lr_factor
+from kdforge.engine.optim import build_optimizer, build_scheduler, lr_factor, parameter_groups
 
 
 def test_multistep_matches_mdistiller_epoch_decay():
@@ -63,3 +63,42 @@ def test_bad_names_fail_early():
     assert isinstance(opt, torch.optim.AdamW)
     with pytest.raises(ValueError, match="schedule.name"):
         build_scheduler(opt, 1, 1, name="poly_typo")
+
+
+def test_parameter_groups_split_norm_and_bias_settings():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2)
+    )
+    groups = parameter_groups(
+        model,
+        lr=0.01,
+        norm_weight_decay=0.0,
+        bias_lr_mult=2.0,
+        bias_weight_decay=0.0,
+        exclude=[id(model[2].weight)],
+    )
+    assert [len(g["params"]) for g in groups] == [1, 2, 2]  # conv weight; conv+fc bias; BN
+    other, bias, norm = groups
+    assert other["params"][0] is model[0].weight and "lr" not in other
+    assert bias["lr"] == pytest.approx(0.02) and bias["weight_decay"] == 0.0
+    assert {id(p) for p in norm["params"]} == {id(model[1].weight), id(model[1].bias)}
+    assert norm["weight_decay"] == 0.0
+    optimizer = build_optimizer(groups, "sgd", lr=0.01, weight_decay=1e-4)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [1e-4, 0.0, 0.0]
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 0.02, 0.01])
+
+
+def test_warmup_iters_override_warmup_epochs():
+    kw = dict(
+        steps_per_epoch=100,
+        epochs=12,
+        name="multistep",
+        milestones=(8, 11),
+        warmup_epochs=3,
+        warmup_factor=0.001,
+        warmup_iters=500,
+    )
+    assert lr_factor(0, **kw) == pytest.approx(0.001)
+    assert lr_factor(250, **kw) == pytest.approx(0.001 + 0.999 * 0.5)
+    assert lr_factor(500, **kw) == pytest.approx(1.0)
+    assert lr_factor(800, **kw) == pytest.approx(0.1)

@@ -176,3 +176,8 @@ def test_ema_is_evaluated_saved_and_resumed_exactly(tiny_overrides, tmp_path):
     resumed.fit()
     a, b = full.ema.state_dict(), resumed.ema.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lr_is_scaled_linearly_from_the_base_batch(tiny_overrides):
+    trainer = _trainer([*tiny_overrides, *KD_RECIPE, "optim.base_batch_size=16"])
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 8 / 16)
