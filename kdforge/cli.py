@@ -19,6 +19,8 @@ EXAMPLES = """examples:
 """
 
 
+CONVERTERS = {"mmdet": "kdforge.models.detection.convert:convert_mmdet_checkpoint"}
+
 VISUALIZE_HELP = {
     "cam": "class activation maps of teacher and student for the top classes (CAT-KD)",
     "attention": "the ViT teacher's and the student projector's attention maps (CAKD)",
@@ -99,6 +101,16 @@ def _parser() -> argparse.ArgumentParser:
         metavar=("C", "H", "W"),
         help="input size (default: the model's own, e.g. 3 32 32 for CIFAR)",
     )
+
+    p = sub.add_parser(
+        "convert",
+        help="convert an OpenMMLab checkpoint to kdforge's keys",
+        description="Map an mmdetection checkpoint of RetinaNet/FCOS/ATSS/GFL (ResNet FPN) "
+        "onto the kdforge detector; unmatched keys are listed and nothing is written.",
+    )
+    p.add_argument("kind", choices=sorted(CONVERTERS), help="which OpenMMLab project")
+    p.add_argument("src", help="the OpenMMLab .pth checkpoint")
+    p.add_argument("dst", help="output file (.safetensors, or .pth for torch.save)")
 
     p = sub.add_parser(
         "visualize",
@@ -210,6 +222,23 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _convert(args: argparse.Namespace) -> None:
+    import importlib
+
+    import torch
+    from safetensors.torch import save_file
+
+    module, function = CONVERTERS[args.kind].split(":")
+    state = getattr(importlib.import_module(module), function)(args.src)
+    out = Path(args.dst)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, str(out))
+    else:
+        torch.save(state, out)
+    print(f"wrote {out} ({len(state)} tensors); load it with create_model(name, pretrained=...)")
+
+
 def _visualize(args: argparse.Namespace) -> None:
     if args.what == "cam":
         from kdforge.tools.cam import visualize_cam as draw
@@ -232,6 +261,7 @@ COMMANDS = {
     "eval": _eval,
     "export": _export,
     "probe": _probe,
+    "convert": _convert,
     "visualize": _visualize,
     "demo": _demo,
 }
@@ -244,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         COMMANDS[args.command](args)
-    except (ConfigError, FileNotFoundError, FileExistsError, KeyError) as err:
+    except (ConfigError, FileNotFoundError, FileExistsError, KeyError, ValueError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         raise SystemExit(f"kdforge {args.command}: error: {message}") from None
 

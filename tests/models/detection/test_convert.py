@@ -135,3 +135,22 @@ def test_converter_unwraps_ddp_and_legacy_fcos_names() -> None:
 def test_detect_rejects_other_checkpoints() -> None:
     with pytest.raises(ValueError, match="not an mmdetection"):
         detect_mmdet_model({"backbone.conv1.weight": torch.zeros(1)})
+
+
+def test_convert_command_writes_a_checkpoint_that_loads(tmp_path) -> None:
+    from kdforge.cli import main
+
+    src = tmp_path / "gfl_mmdet.pth"
+    torch.save(_mmdet_checkpoint("gfl", 50), src)
+    dst = tmp_path / "gfl.safetensors"
+    main(["convert", "mmdet", str(src), str(dst)])
+    model = create_model("gfl_r50_fpn", num_classes=80, pretrained=dst)
+    assert torch.equal(
+        model.state_dict()["bbox_head.gfl_cls.weight"],
+        _mmdet_checkpoint("gfl", 50)["state_dict"]["bbox_head.gfl_cls.weight"],
+    )
+    bad = tmp_path / "bad.pth"
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(1)}}, bad)
+    with pytest.raises(SystemExit, match="kdforge convert: error"):
+        main(["convert", "mmdet", str(bad), str(tmp_path / "never.pth")])
+    assert not (tmp_path / "never.pth").exists()
