@@ -38,6 +38,7 @@ class ModelConfig:
     name: str | None = None  # a zoo name (kdforge.list_models())
     num_classes: int | None = None  # defaults to the data set's
     pretrained: str | None = None  # .pth / .safetensors checkpoint to load
+    kwargs: dict[str, Any] = field(default_factory=dict)  # builder keywords (fpn_channels=...)
 
 
 @dataclass
@@ -57,14 +58,17 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "multistep"  # multistep | cosine | constant
+    name: str = "multistep"  # multistep | cosine | poly | constant
     epochs: int = 240
+    iters: int | None = None  # count iterations instead (mmseg: 80000); epochs then derived
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210])  # multistep
     gamma: float = 0.1  # multistep
-    min_lr: float = 0.0  # cosine
+    min_lr: float = 0.0  # cosine, poly
+    power: float = 0.9  # poly
     warmup_epochs: float = 0.0  # linear warm-up from warmup_factor * lr
     warmup_factor: float = 0.001
     warmup_iters: int = 0  # > 0: warm up over this many steps instead (mmdet: 500)
+    warmup_mode: str = "linear"  # linear | constant (warmup_factor * lr throughout; mmdet FCOS)
 
 
 @dataclass

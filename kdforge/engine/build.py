@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -76,11 +77,12 @@ def build_terms(loss_cfg: dict[str, Any]) -> dict[str, LossTerm]:
 
 
 def build_model(model_cfg: DictConfig, num_classes: int) -> nn.Module:
-    """Build a zoo model from ``{name, num_classes, pretrained}``."""
+    """Build a zoo model from ``{name, num_classes, pretrained, kwargs}``."""
     return create_model(
         model_cfg.name,
         num_classes=model_cfg.num_classes or num_classes,
         pretrained=model_cfg.pretrained,
+        **OmegaConf.to_container(model_cfg.kwargs, resolve=True),
     )
 
 
@@ -217,6 +219,10 @@ def build_trainer(
     optimizer = build_optimizer(groups, *options)
     schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
     epochs = schedule.pop("epochs")
+    max_steps = cfg.train.max_steps
+    if schedule["iters"]:  # an iteration budget (mmsegmentation style): enough epochs for it
+        epochs = math.ceil(schedule["iters"] / len(train_loader))
+        max_steps = min(max_steps or schedule["iters"], schedule["iters"])
     scheduler = build_scheduler(optimizer, len(train_loader), epochs, **dict(schedule))
     aux_optimizer = aux_scheduler = None
     if aux_terms:
@@ -250,7 +256,7 @@ def build_trainer(
         amp=cfg.train.amp,
         clip_grad_norm=optim.clip_grad_norm,
         seed=cfg.train.seed,
-        max_steps=cfg.train.max_steps,
+        max_steps=max_steps,
         eval_every=cfg.train.eval_every,
         log_every=cfg.train.log_every,
         logger=log,

@@ -89,29 +89,42 @@ def lr_factor(
     warmup_epochs: float = 0.0,
     warmup_factor: float = 0.001,
     warmup_iters: int = 0,
+    warmup_mode: str = "linear",
+    power: float = 0.9,
+    iters: int | None = None,
 ) -> float:
     """Multiplier of the base LR at optimizer step ``step`` (0-based).
 
     multistep: ``gamma ** (number of milestones <= current epoch)``, i.e. mdistiller's
     epoch-wise decay (0-based epoch 150 is its 1-based epoch 151, the first decayed one).
     cosine: half a cosine from 1 to ``min_lr_ratio`` over the steps after the warm-up.
+    poly: ``min_lr_ratio + (1 − min_lr_ratio)(1 − step/total)^power`` (mmsegmentation's
+    ``PolyLR``). The total is ``iters`` when the schedule counts iterations, else
+    ``epochs × steps_per_epoch``.
     A linear warm-up from ``warmup_factor`` to the schedule's value covers the first
-    ``warmup_epochs`` (fractions allowed), or the first ``warmup_iters`` steps if set.
+    ``warmup_epochs`` (fractions allowed), or the first ``warmup_iters`` steps if set;
+    ``warmup_mode="constant"`` holds ``warmup_factor`` instead (mmdetection's ``ConstantLR``).
     """
+    if warmup_mode not in ("linear", "constant"):
+        raise ValueError(f"schedule.warmup_mode must be linear or constant, got {warmup_mode!r}")
     epoch = step // steps_per_epoch
     warmup_steps = warmup_iters or round(warmup_epochs * steps_per_epoch)
+    total_steps = iters or epochs * steps_per_epoch
     if name == "multistep":
         factor = gamma ** sum(epoch >= m for m in milestones)
+    elif name == "poly":
+        progress = min(step / total_steps, 1.0)
+        factor = min_lr_ratio + (1 - min_lr_ratio) * (1 - progress) ** power
     elif name == "cosine":
-        total = max(epochs * steps_per_epoch - warmup_steps, 1)
+        total = max(total_steps - warmup_steps, 1)
         progress = min(max(step - warmup_steps, 0) / total, 1.0)
         factor = min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     elif name == "constant":
         factor = 1.0
     else:
-        raise ValueError(f"schedule.name must be multistep, cosine or constant, got {name!r}")
+        raise ValueError(f"schedule.name must be multistep, cosine, poly or constant, got {name!r}")
     if step < warmup_steps:
-        alpha = step / warmup_steps
+        alpha = 0.0 if warmup_mode == "constant" else step / warmup_steps
         factor *= warmup_factor + (1 - warmup_factor) * alpha
     return factor
 

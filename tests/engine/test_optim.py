@@ -102,3 +102,13 @@ def test_warmup_iters_override_warmup_epochs():
     assert lr_factor(250, **kw) == pytest.approx(0.001 + 0.999 * 0.5)
     assert lr_factor(500, **kw) == pytest.approx(1.0)
     assert lr_factor(800, **kw) == pytest.approx(0.1)
+
+
+def test_poly_schedule_matches_mmseg_polylr():
+    # mmseg PolyLR(eta_min=1e-4, power=0.9) over 80k iterations with base lr 0.01
+    kw = dict(
+        steps_per_epoch=186, epochs=1, name="poly", min_lr_ratio=1e-4 / 0.01, power=0.9, iters=80000
+    )
+    for step in (0, 1000, 40000, 79999, 80000):
+        expected = (0.01 - 1e-4) * (1 - step / 80000) ** 0.9 + 1e-4
+        assert 0.01 * lr_factor(step, **kw) == pytest.approx(expected)

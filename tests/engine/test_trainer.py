@@ -181,3 +181,10 @@ def test_ema_is_evaluated_saved_and_resumed_exactly(tiny_overrides, tmp_path):
 def test_lr_is_scaled_linearly_from_the_base_batch(tiny_overrides):
     trainer = _trainer([*tiny_overrides, *KD_RECIPE, "optim.base_batch_size=16"])
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 8 / 16)
+
+
+def test_iteration_budget_sets_epochs_and_stops_on_time(tiny_overrides):
+    trainer = _trainer([*tiny_overrides, *KD_RECIPE, "schedule.iters=8", "schedule.name=poly"])
+    assert trainer.epochs == 2  # 6 steps per epoch
+    trainer.fit()
+    assert trainer.step == 8
