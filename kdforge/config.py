@@ -23,7 +23,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: str = "cifar100"  # cifar100 | cifar10 | imagefolder | digits | coco (detection)
+    # cifar100 | cifar10 | imagefolder | digits; coco (detection); cityscapes | segfolder
+    name: str = "cifar100"
     root: str | None = "data"  # folder that holds the data set (see kdforge.data)
     batch_size: int = 64  # per process
     eval_batch_size: int | None = None  # defaults to batch_size
@@ -85,11 +86,12 @@ class TrainConfig:
     log_every: int = 20  # steps between log lines
     ema_decay: float | None = None  # EMA of the student (per image, torchvision's); None = off
     ema_steps: int = 32  # optimizer steps between EMA updates
+    sync_bn: bool = False  # SyncBatchNorm in the student under DDP (mmseg recipes)
 
 
 @dataclass
 class Config:
-    task: str = "classification"  # classification | detection
+    task: str = "classification"  # classification | detection | segmentation
     data: DataConfig = field(default_factory=DataConfig)
     teacher: ModelConfig = field(default_factory=ModelConfig)  # name None: no teacher
     student: ModelConfig = field(default_factory=ModelConfig)

@@ -100,13 +100,19 @@ class Distiller(nn.Module):
             return None, {}
         with torch.no_grad():
             output = self.teacher(inputs)
-        features = self.teacher_taps.outputs if self.teacher_taps.paths else {}
-        return output, {"": output, **features}  # "" is the output, as in the shapes
+        return output, {"": output, **self._recorded(self.teacher_taps)}  # "" is the output
 
     def _run_student(self, inputs: Any) -> tuple[Any, dict[str, Any]]:
         output = self.student(inputs)
-        features = self.student_taps.outputs if self.student_taps.paths else {}
-        return output, {"": output, **features}
+        return output, {"": output, **self._recorded(self.student_taps)}
+
+    def _recorded(self, taps: FeatureTaps) -> dict[str, Any]:
+        """The tapped values; in eval mode (probe) a module that did not run is left out,
+        e.g. an auxiliary head that runs only in training."""
+        calls = {p: c[0] if len(c) == 1 else c for p, c in taps.calls.items() if c}
+        if self.training and len(calls) < len(taps.paths):
+            return taps.outputs  # raises, naming the modules that did not run
+        return calls
 
     def _clear_taps(self) -> None:
         self.student_taps.clear()

@@ -8,7 +8,16 @@ from kdforge.cli import main
 from kdforge.models import create_model
 from kdforge.taps import FeatureTaps
 
-COMMANDS = ["train", "eval", "export", "probe", "convert", "visualize", "demo"]
+COMMANDS = [
+    "train",
+    "eval",
+    "export",
+    "probe",
+    "convert",
+    "cityscapes-trainids",
+    "visualize",
+    "demo",
+]
 
 
 def test_help_lists_every_command():

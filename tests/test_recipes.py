@@ -6,17 +6,21 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
+from PIL import Image
 
 from kdforge.config import load_config
 from kdforge.data import write_fake_cifar
 from kdforge.engine.build import build_trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-# CAKD recipes need 224-pixel ViTs and their data options: tests/losses/test_cakd.py runs them.
-RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if "cakd" not in p.parts)
+# CAKD recipes need 224-pixel ViTs and their data options: tests/losses/test_cakd.py runs them;
+# COCO detection recipes need COCO-format data: tests/test_detection_recipes.py runs them.
+RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if not {"cakd", "coco"} & set(p.parts))
 CIFAR100 = CONFIGS / "cifar100"
+IMAGENET = CONFIGS / "imagenet"
 
 # (teacher, student, DKD beta) per pair: mdistiller configs/cifar100/dkd/*.yaml (default 8).
 PAIRS = [
@@ -61,6 +65,70 @@ for _t, _s, _beta in PAIRS:
     )
 for _m in STUDENTS + TEACHERS:
     EXPECTED[f"baseline/{_m.lower()}.yaml"] = (None, _m, {"ce": {"weight": 1.0}})
+# CAT-KD (beta, CAM resolution, normalize) per pair: CAT-KD repo configs/cifar100/CAT_KD/*.yaml.
+CAT_KD = {
+    ("resnet32x4", "resnet8x4"): (15.0, 2, False),
+    ("wrn_40_2", "wrn_16_2"): (12.0, 2, False),
+    ("wrn_40_2", "wrn_40_1"): (1.5, 2, False),
+    ("resnet56", "resnet20"): (0.7, 2, False),
+    ("resnet110", "resnet32"): (1.8, 2, False),
+    ("vgg13", "vgg8"): (4.5, 2, False),
+    ("resnet32x4", "ShuffleV1"): (600.0, 4, True),
+    ("resnet32x4", "ShuffleV2"): (600.0, 4, True),
+    ("wrn_40_2", "ShuffleV1"): (80.0, 4, True),
+    ("ResNet50", "MobileNetV2"): (40.0, 2, True),
+    ("vgg13", "MobileNetV2"): (15.0, 2, True),
+}
+assert set(CAT_KD) == {(t, s) for t, s, _ in PAIRS}
+for (_t, _s), (_beta, _res, _norm) in CAT_KD.items():
+    EXPECTED[f"cat_kd/{_t}_{_s}".lower() + ".yaml"] = (
+        _t,
+        _s,
+        {
+            "ce": {"weight": 1.0},
+            "cat_kd": {"weight": _beta, "resolution": _res, "normalize": _norm},
+        },
+    )
+# CAT-only studies (configs/cifar100/CAT/): onlyCAT (no ce term), R 2, normalised CAMs.
+for _name, _t, _s, _cat in [
+    ("resnet32x4_resnet32x4", "resnet32x4", "resnet32x4", {"weight": 50.0}),
+    (
+        "resnet32x4_resnet32x4_binarize",
+        "resnet32x4",
+        "resnet32x4",
+        {"weight": 300.0, "binarize": True},
+    ),
+    ("resnet32x4_resnet32x4_reduction", "resnet32x4", "resnet32x4", {"weight": 50.0}),
+    (
+        "resnet32x4_resnet8x4_partial",
+        "resnet32x4",
+        "resnet8x4",
+        {"weight": 300.0, "num_cams": 75, "strategy": 1},
+    ),
+]:
+    EXPECTED[f"cat/{_name}.yaml"] = (
+        _t,
+        _s,
+        {"cat_kd": {**_cat, "resolution": 2, "normalize": True}},
+    )
+# data.options of the recipes that have some (CAT's training-set reduction: 99 classes)
+DATA_OPTIONS = {
+    "cat/resnet32x4_resnet32x4_reduction.yaml": {"reserved_classes": 99, "reserved_rate": 1.0}
+}
+# ImageNet recipe (relative to configs/imagenet) -> (teacher, student, cat_kd term), from the
+# CAT-KD repo's configs/imagenet/CAT-KD/*.yaml.
+IMAGENET_EXPECTED = {
+    "cat_kd/resnet34_resnet18.yaml": (
+        "resnet34",
+        "resnet18",
+        {"weight": 0.5, "resolution": 4, "normalize": False},
+    ),
+    "cat_kd/resnet50_mobilenet_v2.yaml": (
+        "resnet50",
+        "mobilenet_v2",
+        {"weight": 10.0, "resolution": 2, "normalize": True},
+    ),
+}
 
 
 def _id(path: Path) -> str:
@@ -75,10 +143,24 @@ def cifar100_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def imagefolder_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated ImageFolder: train/ and val/, 2 classes x 3 random 40x48 PNGs each."""
+    root = tmp_path_factory.mktemp("imagefolder")
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("n01440764", "n01443537"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(3):
+                pixels = rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
+    return root
+
+
 def test_every_expected_recipe_is_shipped():
     shipped = {
         str(p.relative_to(CIFAR100))
-        for folder in ("baseline", "kd", "dkd")
+        for folder in ("baseline", "kd", "dkd", "cat_kd", "cat")
         for p in (CIFAR100 / folder).glob("*.yaml")
     }
     assert shipped == set(EXPECTED)
@@ -93,6 +175,7 @@ def test_recipe_keeps_official_numbers(name: str):
     cfg = load_config(path)
     assert cfg.data.name == "cifar100" and cfg.data.root == "data"
     assert cfg.data.batch_size == 64
+    assert OmegaConf.to_container(cfg.data.options) == DATA_OPTIONS.get(name, {})
     assert cfg.student.name == student and cfg.student.pretrained is None
     assert cfg.teacher.name == teacher
     if teacher is None:
@@ -111,10 +194,37 @@ def test_recipe_keeps_official_numbers(name: str):
     assert cfg.train.name is None
 
 
+def test_every_expected_imagenet_cat_kd_recipe_is_shipped():
+    shipped = {str(p.relative_to(IMAGENET)) for p in IMAGENET.glob("cat_kd/*.yaml")}
+    assert shipped == set(IMAGENET_EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(IMAGENET_EXPECTED))
+def test_imagenet_recipe_keeps_official_numbers(name: str):
+    teacher, student, cat_kd = IMAGENET_EXPECTED[name]
+    path = IMAGENET / name
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("# ") and len(lines) <= 40
+    cfg = load_config(path)
+    assert cfg.data.name == "imagefolder" and cfg.data.batch_size == 64  # x 8 processes = 512
+    assert cfg.teacher.name == teacher and cfg.student.name == student
+    assert cfg.teacher.pretrained.startswith("download_ckpts/imagenet/")
+    assert cfg.student.pretrained is None
+    assert OmegaConf.to_container(cfg.loss) == {"ce": {"weight": 1.0}, "cat_kd": cat_kd}
+    assert cfg.optim.name == "sgd" and cfg.optim.lr == 0.2 and cfg.optim.momentum == 0.9
+    assert cfg.optim.weight_decay == 1e-4 and not cfg.optim.nesterov
+    assert cfg.schedule.name == "multistep" and cfg.schedule.epochs == 100
+    assert list(cfg.schedule.milestones) == [30, 60, 90] and cfg.schedule.gamma == 0.1
+    assert cfg.schedule.warmup_epochs == 0
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=_id)
-def test_recipe_trains_two_steps(path: Path, cifar100_root: Path, tmp_path: Path):
+def test_recipe_trains_two_steps(
+    path: Path, cifar100_root: Path, imagefolder_root: Path, tmp_path: Path
+):
+    on_imagefolder = load_config(path).data.name == "imagefolder"
     overrides = [
-        f"data.root={cifar100_root}",
+        f"data.root={imagefolder_root if on_imagefolder else cifar100_root}",
         "data.batch_size=4",
         "data.num_workers=0",
         "teacher.pretrained=null",
@@ -124,6 +234,8 @@ def test_recipe_trains_two_steps(path: Path, cifar100_root: Path, tmp_path: Path
         f"train.out_dir={tmp_path}",
         "train.name=run",
     ]
+    if on_imagefolder:
+        overrides.append("data.options.image_size=64")  # ImageNet models on tiny images
     cfg = load_config(path, overrides)
     trainer = build_trainer(cfg, "test")
     trainer.fit()

@@ -263,15 +263,17 @@ def build_coco_datasets(
     scale: tuple[int, int] = (1333, 800),
     train_scales: list[tuple[int, int]] | None = None,
     multiscale_mode: str = "range",
+    normalize: str = "pytorch",
 ) -> tuple[CocoDetection, CocoDetection]:
     """``(train, val)`` from ``root/annotations/instances_<split>.json`` and ``root/<split>/``.
 
     Training drops images without annotations or under 32 px and flips at random; see
-    ``detection_transforms`` for ``scale``, ``train_scales`` and ``multiscale_mode``. Batch
-    the items with ``collate_detection``.
+    ``detection_transforms`` for ``scale``, ``train_scales``, ``multiscale_mode`` and
+    ``normalize`` (``"caffe"`` for caffe-style backbones). Batch the items with
+    ``collate_detection``.
     """
     root = Path(root).expanduser()
-    train_tf, val_tf = detection_transforms(scale, train_scales, multiscale_mode)
+    train_tf, val_tf = detection_transforms(scale, train_scales, multiscale_mode, normalize)
     ann = root / "annotations"
     train = CocoDetection(
         root / train_split,

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 __all__ = [
+    "CAFFE_MEAN",
     "DETECTION_MEAN",
     "DETECTION_STD",
     "DetCompose",
@@ -34,6 +35,7 @@ __all__ = [
 
 DETECTION_MEAN = (123.675, 116.28, 103.53)  # ImageNet, RGB, 0-255 (mmdetection's img_norm_cfg)
 DETECTION_STD = (58.395, 57.12, 57.375)
+CAFFE_MEAN = (102.9801, 115.9465, 122.7717)  # BGR, 0-255, std 1 (Detectron's caffe ResNets)
 
 Target = dict[str, Any]
 Scale = tuple[int, int]
@@ -165,23 +167,31 @@ class DetNormalize:
     """RGB PIL image -> ``(3, H, W)`` float tensor ``(pixel - mean) / std`` in 0-255 units.
 
     Pillow decodes RGB, so this equals mmdetection's ``Normalize(..., to_rgb=True)`` on its BGR
-    loads.
+    loads; ``to_bgr=True`` reverses the channels first (``to_rgb=False``, the caffe-style
+    backbones: ``DetNormalize(CAFFE_MEAN, (1, 1, 1), to_bgr=True)``).
     """
 
     def __init__(
-        self, mean: Sequence[float] = DETECTION_MEAN, std: Sequence[float] = DETECTION_STD
+        self,
+        mean: Sequence[float] = DETECTION_MEAN,
+        std: Sequence[float] = DETECTION_STD,
+        to_bgr: bool = False,
     ) -> None:
         self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+        self.to_bgr = to_bgr
 
     def __call__(self, image: Image.Image, target: Target) -> tuple[torch.Tensor, Target]:
         array = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
         tensor = torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W)
+        if self.to_bgr:
+            tensor = tensor.flip(0)
         return (tensor - self.mean) / self.std, target
 
     def __repr__(self) -> str:
         return (
-            f"DetNormalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
+            f"DetNormalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+            f"{', to_bgr=True' if self.to_bgr else ''})"
         )
 
 
@@ -189,16 +199,22 @@ def detection_transforms(
     scale: Scale = (1333, 800),
     train_scales: Sequence[Scale] | None = None,
     multiscale_mode: str = "range",
+    normalize: str = "pytorch",
 ) -> tuple[DetCompose, DetCompose]:
     """mmdetection's standard ``(train, val)`` pipelines.
 
     Train: keep-ratio resize to ``scale`` (or ``DetRandomResize(train_scales, multiscale_mode)``,
     e.g. ``[(1333, 640), (1333, 800)]``), flip with p=0.5, normalise. Val: resize to ``scale``,
-    normalise. Padding to a multiple of 32 happens in ``collate_detection``.
+    normalise. Padding to a multiple of 32 happens in ``collate_detection``. ``normalize`` is
+    ``"pytorch"`` (RGB, ImageNet mean and std: torchvision backbones) or ``"caffe"`` (BGR,
+    ``CAFFE_MEAN``, std 1: the Detectron backbones of mmdetection's caffe-style configs).
     """
+    norms = {"pytorch": DetNormalize(), "caffe": DetNormalize(CAFFE_MEAN, (1.0,) * 3, to_bgr=True)}
+    if normalize not in norms:
+        raise ValueError(f"normalize must be 'pytorch' or 'caffe', got {normalize!r}")
     resize = DetRandomResize(train_scales, multiscale_mode) if train_scales else DetResize(scale)
-    train = DetCompose([resize, DetRandomFlip(0.5), DetNormalize()])
-    return train, DetCompose([DetResize(scale), DetNormalize()])
+    train = DetCompose([resize, DetRandomFlip(0.5), norms[normalize]])
+    return train, DetCompose([DetResize(scale), norms[normalize]])
 
 
 def collate_detection(

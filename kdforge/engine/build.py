@@ -157,6 +157,8 @@ def build_trainer(
         raise ConfigError(f"train.amp must be one of {list(AMP_DTYPES)}, got {cfg.train.amp!r}")
     train_loader, val_loader, num_classes = build_loaders(cfg.data, dist, cfg.train.seed, task)
     student = build_model(cfg.student, num_classes).to(dist.device)
+    if cfg.train.sync_bn and dist.distributed:  # BN statistics over the global batch
+        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
     teacher = build_model(cfg.teacher, num_classes).to(dist.device) if cfg.teacher.name else None
     amp_dtype = AMP_DTYPES[cfg.train.amp]
 
@@ -175,7 +177,7 @@ def build_trainer(
     if teacher is not None and not resume:
         metrics = evaluate(teacher)
         log.log("teacher", 0, **metrics)
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "count")
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
         log.print(f"teacher {cfg.teacher.name}: {shown}")
         if cfg.train.check_teacher:
             task.check_teacher(metrics, num_classes, cfg.teacher.name)

@@ -1,4 +1,4 @@
-"""What differs between a classification and a detection run, in one small record each.
+"""What differs between classification, detection and segmentation runs, a record each.
 
 A recipe's ``task`` key picks one. The trainer itself knows no task: it gets batches,
 a loss dict and an evaluation function.
@@ -15,11 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from kdforge.data import build_datasets
+from kdforge.data.cityscapes import build_segmentation_datasets
 from kdforge.data.coco import build_coco_datasets
 from kdforge.data.det_transforms import collate_detection
+from kdforge.data.seg_transforms import collate_segmentation
 from kdforge.engine.evaluate import evaluate_classifier, evaluate_detector
+from kdforge.engine.seg_eval import evaluate_segmentation
 
-__all__ = ["TASKS", "Task", "check_detector_ap", "check_teacher_accuracy"]
+__all__ = ["TASKS", "Task", "check_detector_ap", "check_segmentor_miou", "check_teacher_accuracy"]
 
 
 def check_teacher_accuracy(metrics: dict[str, float], num_classes: int, name: str) -> None:
@@ -45,6 +48,17 @@ def check_detector_ap(metrics: dict[str, float], num_classes: int, name: str) ->
         )
 
 
+def check_segmentor_miou(metrics: dict[str, float], num_classes: int, name: str) -> None:
+    """Fail when the teacher segmentor is no better than labelling every pixel one class."""
+    if metrics["mIoU"] <= 100.0 / num_classes:
+        raise RuntimeError(
+            f"teacher {name!r} scores {metrics['mIoU']:.2f} mIoU on the validation set, no "
+            f"better than one class everywhere ({100.0 / num_classes:.2f}). Set "
+            "teacher.pretrained to a trained segmentor (`kdforge convert mmseg` converts "
+            "mmsegmentation checkpoints), or train.check_teacher=false."
+        )
+
+
 def _classification_data(data_cfg: DictConfig) -> tuple[Dataset, Dataset]:
     options = OmegaConf.to_container(data_cfg.options, resolve=True)
     return build_datasets(data_cfg.name, data_cfg.root, **options)
@@ -62,6 +76,42 @@ def _detection_data(data_cfg: DictConfig) -> tuple[Dataset, Dataset]:
     if options.get("train_scales"):
         options["train_scales"] = [tuple(s) for s in options["train_scales"]]
     return build_coco_datasets(data_cfg.root, **options)
+
+
+_SEG_DATA = {"cityscapes": "cityscapes", "segfolder": "folder"}
+
+
+def _segmentation_data(data_cfg: DictConfig) -> tuple[Dataset, Dataset]:
+    if data_cfg.name not in _SEG_DATA:
+        raise ValueError(
+            f"task segmentation reads data.name cityscapes or segfolder, not {data_cfg.name!r}"
+        )
+    options: dict[str, Any] = OmegaConf.to_container(data_cfg.options, resolve=True)
+    inference = options.pop("inference", "whole")  # how evaluate_segmentation runs
+    for key in ("crop_size", "scale", "ratio_range", "splits", "slide_crop", "slide_stride"):
+        if key in options:
+            options[key] = tuple(options[key])
+    slide = {k: options.pop(f"slide_{k}") for k in ("crop", "stride") if f"slide_{k}" in options}
+    train, val = build_segmentation_datasets(
+        data_cfg.root, layout=_SEG_DATA[data_cfg.name], **options
+    )
+    val.inference = {"mode": inference, **slide}
+    return train, val
+
+
+def _evaluate_segmentor(model, loader, device, amp_dtype=None, max_batches=None):
+    """mIoU/mAcc/aAcc (%) and the per-class table; inference mode from ``data.options``."""
+    val = loader.dataset
+    return evaluate_segmentation(
+        model,
+        loader,
+        device,
+        val.num_classes,
+        class_names=val.classes,
+        amp_dtype=amp_dtype,
+        max_batches=max_batches,
+        **getattr(val, "inference", {}),
+    )
 
 
 @dataclass(frozen=True)
@@ -88,6 +138,14 @@ class Task:
 TASKS: dict[str, Task] = {
     "classification": Task(
         "top1", "ce", _classification_data, None, evaluate_classifier, check_teacher_accuracy
+    ),
+    "segmentation": Task(
+        "mIoU",
+        "segmentation",
+        _segmentation_data,
+        collate_segmentation,
+        _evaluate_segmentor,
+        check_segmentor_miou,
     ),
     "detection": Task(
         "AP",

@@ -44,6 +44,10 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return seed + 1009 * epoch + 1_000_003 * rank
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _to_device(value: Any, device: torch.device) -> Any:
     """Move the tensors of a (nested) batch of targets; leave everything else as it is."""
     if isinstance(value, torch.Tensor):
@@ -198,7 +202,9 @@ class Trainer:
             self._save(metrics)
             elapsed = time.perf_counter() - start
             left = elapsed / (self.epoch - first_epoch) * (self.epochs - self.epoch)
-            shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k != "count")
+            shown = ", ".join(
+                f"{k} {v:.4g}" for k, v in metrics.items() if k != "count" and _is_number(v)
+            )
             self.logger.print(
                 f"epoch {self.epoch}/{self.epochs}: {shown or 'not evaluated'}"
                 f" (best {self.metric} {self.best if self.best is not None else float('nan'):.2f});"

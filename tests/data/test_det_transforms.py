@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from kdforge.data.det_transforms import (
+    CAFFE_MEAN,
     DETECTION_MEAN,
     DETECTION_STD,
     DetNormalize,
@@ -124,3 +125,14 @@ def test_pipelines_and_mapping_back_to_the_original() -> None:
     resized, t = DetResize((100, 60))(image, target)
     _, t = DetRandomFlip(1.0)(resized, t)
     torch.testing.assert_close(rescale_boxes(t["boxes"], t), target["boxes"])
+
+
+def test_caffe_normalize_is_bgr_minus_the_detectron_mean() -> None:
+    # mmdetection's FCOS: Normalize(mean=[102.9801, 115.9465, 122.7717], std=1, to_rgb=False)
+    image, target = _sample(8, 6, [[1, 1, 5, 5]])
+    _, val = detection_transforms((8, 6), normalize="caffe")
+    tensor, _ = val(image, target)
+    rgb = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)
+    torch.testing.assert_close(tensor, rgb.flip(0) - torch.tensor(CAFFE_MEAN)[:, None, None])
+    with pytest.raises(ValueError, match="normalize must be"):
+        detection_transforms(normalize="tf")

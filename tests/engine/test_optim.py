@@ -112,3 +112,19 @@ def test_poly_schedule_matches_mmseg_polylr():
     for step in (0, 1000, 40000, 79999, 80000):
         expected = (0.01 - 1e-4) * (1 - step / 80000) ** 0.9 + 1e-4
         assert 0.01 * lr_factor(step, **kw) == pytest.approx(expected)
+
+
+def test_constant_warmup_holds_the_factor_like_mmdet_constantlr():
+    # mmdet FCOS: ConstantLR(factor=1/3, end=500), then MultiStepLR
+    kw = dict(
+        steps_per_epoch=100,
+        epochs=12,
+        milestones=(8, 11),
+        warmup_factor=1 / 3,
+        warmup_iters=500,
+        warmup_mode="constant",
+    )
+    assert lr_factor(0, **kw) == lr_factor(499, **kw) == pytest.approx(1 / 3)
+    assert lr_factor(500, **kw) == 1.0
+    with pytest.raises(ValueError, match="warmup_mode"):
+        lr_factor(0, 100, 12, warmup_mode="cosine")

@@ -1,0 +1,275 @@
+"""Semantic segmentation data: Cityscapes and generic image-folder + mask-folder layouts.
+
+Cordts et al., "The Cityscapes Dataset for Semantic Urban Scene Understanding", CVPR 2016.
+The official layout, as mmsegmentation reads it::
+
+    <root>/leftImg8bit/{train,val}/<city>/<name>_leftImg8bit.png
+    <root>/gtFine/{train,val}/<city>/<name>_gtFine_labelTrainIds.png   0..18, 255 ignore
+
+The download holds ``*_gtFine_labelIds.png`` (34 classes); :func:`make_train_ids` writes the
+``labelTrainIds`` files next to them with cityscapesScripts' 34 -> 19 mapping. A generic
+layout pairs ``<images>/<rel>/<stem>.<ext>`` with ``<masks>/<rel>/<stem>.png`` (the shapes
+generator writes ``<root>/{split}/`` and ``<root>/masks/{split}/``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from kdforge.data.imagefolder import IMAGE_EXTENSIONS
+from kdforge.data.seg_transforms import segmentation_transforms
+
+__all__ = [
+    "CITYSCAPES_CLASSES",
+    "LABEL_ID_TO_TRAIN_ID",
+    "Cityscapes",
+    "SegmentationFolder",
+    "build_segmentation_datasets",
+    "label_ids_to_train_ids",
+    "make_train_ids",
+]
+
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+    "motorcycle", "bicycle",
+)  # fmt: skip
+
+# cityscapesScripts labels.py: label id -> train id; every other id maps to 255 (ignored).
+_TRAIN_ID_OF = {
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
+    25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+}  # fmt: skip
+LABEL_ID_TO_TRAIN_ID = np.full(256, 255, dtype=np.uint8)  # a lookup table over uint8 ids
+LABEL_ID_TO_TRAIN_ID[list(_TRAIN_ID_OF)] = list(_TRAIN_ID_OF.values())
+
+_IMG_SUFFIX = "_leftImg8bit.png"
+_TRAIN_IDS, _LABEL_IDS = "_gtFine_labelTrainIds.png", "_gtFine_labelIds.png"
+_LAYOUT = """  <root>/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png
+  <root>/gtFine/<split>/<city>/<name>_gtFine_labelTrainIds.png"""
+
+
+def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
+    """Map a uint8 ``labelIds`` array to train ids (0..18, 255 for every other label)."""
+    return LABEL_ID_TO_TRAIN_ID[np.asarray(label_ids, dtype=np.uint8)]
+
+
+def make_train_ids(root: str | Path, overwrite: bool = False) -> int:
+    """Write ``*_gtFine_labelTrainIds.png`` next to every ``*_gtFine_labelIds.png`` under ``root``.
+
+    Args:
+        root: the Cityscapes folder (holding ``gtFine/``) or any folder below it.
+        overwrite: rewrite existing train-id files.
+
+    Returns:
+        the number of files written.
+    """
+    root = Path(root).expanduser()
+    sources = sorted(root.rglob(f"*{_LABEL_IDS}"))
+    if not sources:
+        raise FileNotFoundError(f"no *{_LABEL_IDS} files under {str(root)!r}")
+    written = 0
+    for src in sources:
+        dst = src.with_name(src.name.removesuffix(_LABEL_IDS) + _TRAIN_IDS)
+        if dst.exists() and not overwrite:
+            continue
+        with Image.open(src) as img:
+            train_ids = label_ids_to_train_ids(np.asarray(img))
+        Image.fromarray(train_ids).save(dst)
+        written += 1
+    return written
+
+
+def _find(folder: Path, suffixes: Sequence[str]) -> list[tuple[Path, str]]:
+    """``(path, stem)`` of files under ``folder`` ending with one of ``suffixes`` (any case)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            suffix = next((s for s in suffixes if name.lower().endswith(s.lower())), None)
+            if suffix is not None and not name.startswith("."):
+                found.append((Path(dirpath) / name, name[: -len(suffix)]))
+    return found
+
+
+class SegmentationFolder(Dataset):
+    """Images and label masks in two parallel folder trees, paired by relative path and stem.
+
+    ``<image_dir>/<rel>/<stem><image suffix>`` goes with ``<mask_dir>/<rel>/<stem><mask_suffix>``.
+    Masks hold class indices ``0..K-1`` and ``ignore_index`` (255) as 8-bit PNGs.
+
+    Args:
+        image_dir: the image tree.
+        mask_dir: the mask tree.
+        transform: ``t(image, mask) -> (image, mask)`` on PIL images (``seg_transforms``).
+            Without one, items are ``(uint8 (3, H, W), int64 (H, W))`` tensors.
+        classes: class names (index order); ``num_classes`` is their number.
+        image_suffixes: file endings counted as images (case-insensitive).
+        mask_suffix: the mask file ending.
+
+    Raises:
+        FileNotFoundError: a folder is missing, holds no images, or an image has no mask.
+    """
+
+    def __init__(
+        self,
+        image_dir: str | Path,
+        mask_dir: str | Path,
+        transform: Callable[[Image.Image, Image.Image], Any] | None = None,
+        classes: Sequence[str] = CITYSCAPES_CLASSES,
+        image_suffixes: Sequence[str] = IMAGE_EXTENSIONS,
+        mask_suffix: str = ".png",
+    ) -> None:
+        self.image_dir, self.mask_dir = Path(image_dir).expanduser(), Path(mask_dir).expanduser()
+        self.transform, self.classes = transform, tuple(classes)
+        for folder in (self.image_dir, self.mask_dir):
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{self._what()}: folder {str(folder)!r} does not exist")
+        images = _find(self.image_dir, tuple(image_suffixes))
+        if not images:
+            raise FileNotFoundError(
+                f"{self._what()}: no images ending in {tuple(image_suffixes)} under "
+                f"{str(self.image_dir)!r}"
+            )
+        self.samples: list[tuple[Path, Path]] = []
+        lost = []
+        for path, stem in images:
+            rel = path.parent.relative_to(self.image_dir)
+            mask = self.mask_dir / rel / f"{stem}{mask_suffix}"
+            (self.samples if mask.is_file() else lost).append((path, mask))
+        if lost:
+            raise FileNotFoundError(self._missing_masks(lost))
+
+    def _what(self) -> str:
+        return type(self).__name__
+
+    def _missing_masks(self, lost: list[tuple[Path, Path]]) -> str:
+        shown = "\n".join(f"  {img} -> {mask}" for img, mask in lost[:5])
+        return (
+            f"{self._what()}: {len(lost)} of {len(lost) + len(self.samples)} images have no "
+            f"mask; expected, e.g.:\n{shown}"
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[Image.Image, Image.Image]:
+        """Decode pair ``index`` as (RGB image, mask); a size mismatch raises naming the files."""
+        image_path, mask_path = self.samples[index]
+        with Image.open(image_path) as img, Image.open(mask_path) as msk:
+            image, mask = img.convert("RGB"), msk.copy()
+        if mask.mode not in ("L", "P"):
+            raise ValueError(
+                f"mask {str(mask_path)!r} has mode {mask.mode}; need single-channel 8-bit labels"
+            )
+        if image.size != mask.size:
+            raise ValueError(
+                f"image {str(image_path)!r} is {image.size} but mask {str(mask_path)!r} is "
+                f"{mask.size} (width, height)"
+            )
+        return image, mask
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        image, mask = self.load(index)
+        if self.transform is not None:
+            return self.transform(image, mask)
+        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # (3, H, W) uint8
+        return tensor, torch.from_numpy(np.array(mask, dtype=np.int64))
+
+    def __repr__(self) -> str:
+        return (
+            f"{self._what()}(image_dir={str(self.image_dir)!r}, n={len(self)}, "
+            f"num_classes={self.num_classes})"
+        )
+
+
+class Cityscapes(SegmentationFolder):
+    """Cityscapes ``split`` (``train``/``val``/``test``) with 19 train-id classes.
+
+    Raises:
+        FileNotFoundError: the layout is wrong, or only ``*_labelIds.png`` exist (the
+            message says how to write train ids: ``kdforge cityscapes-trainids ROOT``).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transform: Callable[[Image.Image, Image.Image], Any] | None = None,
+    ) -> None:
+        self.root, self.split = Path(root).expanduser(), split
+        images, masks = self.root / "leftImg8bit" / split, self.root / "gtFine" / split
+        if not images.is_dir() or not masks.is_dir():
+            raise FileNotFoundError(
+                f"Cityscapes {split!r}: {str(images)!r} or {str(masks)!r} does not exist. "
+                f"Expected:\n{_LAYOUT}"
+            )
+        super().__init__(images, masks, transform, CITYSCAPES_CLASSES, (_IMG_SUFFIX,), _TRAIN_IDS)
+
+    def _what(self) -> str:
+        return f"Cityscapes {self.split!r}"
+
+    def _missing_masks(self, lost: list[tuple[Path, Path]]) -> str:
+        label_ids = lost[0][1].with_name(lost[0][1].name.removesuffix(_TRAIN_IDS) + _LABEL_IDS)
+        if not label_ids.is_file():
+            return f"{super()._missing_masks(lost)}\nExpected:\n{_LAYOUT}"
+        return (
+            f"{super()._missing_masks(lost)}\nOnly *{_LABEL_IDS} (34 label ids) exist; training "
+            f"and evaluation use the 19 train ids. Write them once with\n"
+            f"  kdforge cityscapes-trainids {self.root}\n"
+            f"or in Python: kdforge.data.cityscapes.make_train_ids({str(self.root)!r})"
+        )
+
+
+def build_segmentation_datasets(
+    root: str | Path,
+    layout: str = "cityscapes",
+    classes: Sequence[str] | int | None = None,
+    image_dir: str = "images/{split}",
+    mask_dir: str = "masks/{split}",
+    splits: tuple[str, str] = ("train", "val"),
+    **pipeline: Any,
+) -> tuple[SegmentationFolder, SegmentationFolder]:
+    """``(train, val)`` data sets with mmsegmentation's pipelines.
+
+    Args:
+        root: the data folder.
+        layout: ``"cityscapes"`` (official layout, 19 classes) or ``"folder"``
+            (``root/image_dir`` + ``root/mask_dir``, ``{split}`` filled in; the shapes
+            generator's layout is ``image_dir="{split}"``, ``mask_dir="masks/{split}"``).
+        classes: class names, or their number (named ``class_0`` ...); needed for
+            ``"folder"``.
+        image_dir: image folder below ``root`` (``"folder"`` layout).
+        mask_dir: mask folder below ``root`` (``"folder"`` layout).
+        splits: the training and validation split names.
+        **pipeline: :func:`segmentation_transforms` options (``crop_size``, ``scale``,
+            ``ratio_range``, ``cat_max_ratio``, ``flip_prob``, ``photometric``).
+    """
+    train_tf, val_tf = segmentation_transforms(**pipeline)
+    root = Path(root).expanduser()
+    if layout == "cityscapes":
+        return Cityscapes(root, splits[0], train_tf), Cityscapes(root, splits[1], val_tf)
+    if layout != "folder":
+        raise ValueError(f"layout must be 'cityscapes' or 'folder', got {layout!r}")
+    if classes is None:
+        raise ValueError("the 'folder' layout needs classes (names, or their number)")
+    names = [f"class_{i}" for i in range(classes)] if isinstance(classes, int) else classes
+    train, val = (
+        SegmentationFolder(
+            root / image_dir.format(split=split), root / mask_dir.format(split=split), tf, names
+        )
+        for split, tf in zip(splits, (train_tf, val_tf), strict=True)
+    )
+    return train, val

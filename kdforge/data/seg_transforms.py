@@ -1,0 +1,256 @@
+"""Segmentation transforms on ``(PIL image, PIL mask)`` pairs, following mmsegmentation's.
+
+Each transform is called as ``t(image, mask) -> (image, mask)``. As in
+``kdforge.data.transforms``, randomness comes only from torch's global RNG and every random
+transform splits into ``sample_params(image, mask)`` and ``apply(image, mask, params)``.
+Images are resized with Pillow's bilinear filter (equal to OpenCV's when enlarging,
+antialiased when shrinking), masks with nearest neighbour. The photometric distortion
+works on 8-bit RGB with OpenCV's 8-bit HSV conventions (hue 0..179), truncating to uint8
+after every step as mmsegmentation does; it lives in ``_photometric.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from kdforge.data._photometric import PhotoMetricDistortion
+from kdforge.data.det_transforms import DETECTION_MEAN, DETECTION_STD, rescale_size
+
+__all__ = [
+    "SEG_MEAN",
+    "SEG_STD",
+    "PhotoMetricDistortion",
+    "SegCompose",
+    "SegNormalize",
+    "SegPad",
+    "SegRandomCrop",
+    "SegRandomFlip",
+    "SegRandomResize",
+    "collate_segmentation",
+    "segmentation_transforms",
+]
+
+SEG_MEAN, SEG_STD = DETECTION_MEAN, DETECTION_STD  # ImageNet, RGB, 0-255
+Pair = tuple[Any, Any]
+
+
+class SegCompose:
+    """Apply ``(image, mask)`` transforms one after the other."""
+
+    def __init__(self, transforms: Sequence[Callable[[Any, Any], Pair]]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, image: Any, mask: Any) -> Pair:
+        for t in self.transforms:
+            image, mask = t(image, mask)
+        return image, mask
+
+    def __repr__(self) -> str:
+        return f"SegCompose({self.transforms!r})"
+
+
+class SegRandomResize:
+    """Keep-ratio resize to ``scale × ratio``, ratio ~ U(ratio_range) (mmseg ``RandomResize``).
+
+    With ``scale=(2048, 1024)`` a 2048x1024 Cityscapes frame becomes ``(2048r, 1024r)``.
+    """
+
+    def __init__(
+        self, scale: tuple[int, int] = (2048, 1024), ratio_range: tuple[float, float] = (0.5, 2.0)
+    ) -> None:
+        self.scale, self.ratio_range = (int(scale[0]), int(scale[1])), tuple(ratio_range)
+
+    def sample_params(self, image: Image.Image | None = None, mask: Any = None) -> float:
+        """Draw the ratio; ``image`` and ``mask`` are unused (a uniform signature)."""
+        low, high = self.ratio_range
+        return low + float(torch.rand(1).item()) * (high - low)
+
+    def apply(self, image: Image.Image, mask: Image.Image, ratio: float) -> Pair:
+        """Resize both to fit ``(int(scale[0] · ratio), int(scale[1] · ratio))``."""
+        scale = (int(self.scale[0] * ratio), int(self.scale[1] * ratio))
+        size = rescale_size(image.width, image.height, scale)  # (w, h)
+        return (
+            image.resize(size, Image.Resampling.BILINEAR),
+            mask.resize(size, Image.Resampling.NEAREST),
+        )
+
+    def __call__(self, image: Image.Image, mask: Image.Image) -> Pair:
+        return self.apply(image, mask, self.sample_params(image, mask))
+
+    def __repr__(self) -> str:
+        return f"SegRandomResize(scale={self.scale}, ratio_range={self.ratio_range})"
+
+
+class SegRandomCrop:
+    """Random ``(h, w)`` crop; retried so no class covers ``>= cat_max_ratio`` of it.
+
+    mmsegmentation's rule: draw a crop; while fewer than two labelled classes are in it or
+    the largest one holds ``cat_max_ratio`` or more of its labelled pixels (``ignore_index``
+    not counted), draw again — at most 10 times; the last draw is then kept unchecked. An
+    image smaller than the crop yields the whole of that side (pad it afterwards).
+    """
+
+    def __init__(
+        self,
+        crop_size: tuple[int, int] = (512, 1024),
+        cat_max_ratio: float = 0.75,
+        ignore_index: int = 255,
+    ) -> None:
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        self.cat_max_ratio, self.ignore_index = cat_max_ratio, ignore_index
+
+    def _draw(self, height: int, width: int) -> tuple[int, int]:
+        top = int(torch.randint(max(height - self.crop_size[0], 0) + 1, (1,)).item())
+        left = int(torch.randint(max(width - self.crop_size[1], 0) + 1, (1,)).item())
+        return top, left
+
+    def _accepts(self, labels: np.ndarray, top: int, left: int) -> bool:
+        crop = labels[top : top + self.crop_size[0], left : left + self.crop_size[1]]
+        values, counts = np.unique(crop, return_counts=True)
+        counts = counts[values != self.ignore_index]
+        return len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio
+
+    def sample_params(self, image: Image.Image, mask: Image.Image) -> tuple[int, int]:
+        """Draw ``(top, left)`` of the crop, following the category-max-ratio rule."""
+        top, left = self._draw(image.height, image.width)
+        if self.cat_max_ratio < 1.0:
+            labels = np.asarray(mask)
+            for _ in range(10):
+                if self._accepts(labels, top, left):
+                    break
+                top, left = self._draw(image.height, image.width)
+        return top, left
+
+    def apply(self, image: Image.Image, mask: Image.Image, params: tuple[int, int]) -> Pair:
+        """Crop both at ``params = (top, left)``."""
+        top, left = params
+        box = (
+            left,
+            top,
+            min(left + self.crop_size[1], image.width),
+            min(top + self.crop_size[0], image.height),
+        )
+        return image.crop(box), mask.crop(box)
+
+    def __call__(self, image: Image.Image, mask: Image.Image) -> Pair:
+        return self.apply(image, mask, self.sample_params(image, mask))
+
+    def __repr__(self) -> str:
+        return f"SegRandomCrop(crop_size={self.crop_size}, cat_max_ratio={self.cat_max_ratio})"
+
+
+class SegRandomFlip:
+    """Mirror image and mask left-right together with probability ``p``."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def sample_params(self, image: Any = None, mask: Any = None) -> bool:
+        """Draw whether to flip; ``image`` and ``mask`` are unused (a uniform signature)."""
+        return bool(torch.rand(1).item() < self.p)
+
+    def apply(self, image: Image.Image, mask: Image.Image, flip: bool) -> Pair:
+        """Mirror both if ``flip``."""
+        if not flip:
+            return image, mask
+        flip_lr = Image.Transpose.FLIP_LEFT_RIGHT
+        return image.transpose(flip_lr), mask.transpose(flip_lr)
+
+    def __call__(self, image: Image.Image, mask: Image.Image) -> Pair:
+        return self.apply(image, mask, self.sample_params(image, mask))
+
+    def __repr__(self) -> str:
+        return f"SegRandomFlip(p={self.p})"
+
+
+class SegNormalize:
+    """RGB PIL image -> ``(3, H, W)`` float ``(pixel - mean) / std``; mask -> ``(H, W)`` int64."""
+
+    def __init__(self, mean: Sequence[float] = SEG_MEAN, std: Sequence[float] = SEG_STD) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+
+    def __call__(self, image: Image.Image, mask: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        array = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
+        tensor = torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W)
+        labels = torch.from_numpy(np.array(mask, dtype=np.int64))  # (H, W)
+        return (tensor - self.mean) / self.std, labels
+
+    def __repr__(self) -> str:
+        return (
+            f"SegNormalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
+        )
+
+
+class SegPad:
+    """Pad tensors at the bottom and right to ``size = (h, w)``: image with ``pad_val``, mask
+    with ``seg_pad_val`` (mmsegmentation pads after normalising: 0 and 255)."""
+
+    def __init__(
+        self, size: tuple[int, int] = (512, 1024), pad_val: float = 0.0, seg_pad_val: int = 255
+    ) -> None:
+        self.size = (int(size[0]), int(size[1]))
+        self.pad_val, self.seg_pad_val = pad_val, seg_pad_val
+
+    def __call__(
+        self, image: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        pad = (0, max(self.size[1] - image.shape[-1], 0), 0, max(self.size[0] - image.shape[-2], 0))
+        if not any(pad):
+            return image, mask
+        return F.pad(image, pad, value=self.pad_val), F.pad(mask, pad, value=self.seg_pad_val)
+
+    def __repr__(self) -> str:
+        return f"SegPad(size={self.size}, pad_val={self.pad_val}, seg_pad_val={self.seg_pad_val})"
+
+
+def segmentation_transforms(
+    crop_size: tuple[int, int] = (512, 1024),
+    scale: tuple[int, int] = (2048, 1024),
+    ratio_range: tuple[float, float] = (0.5, 2.0),
+    cat_max_ratio: float = 0.75,
+    flip_prob: float = 0.5,
+    photometric: bool = True,
+    ignore_index: int = 255,
+) -> tuple[SegCompose, SegCompose]:
+    """mmsegmentation's Cityscapes ``(train, val)`` pipelines.
+
+    Train: random resize (``scale × U(ratio_range)``, keep ratio), random crop ``crop_size``
+    ``(h, w)`` with ``cat_max_ratio``, flip, photometric distortion, normalise, pad to
+    ``crop_size`` (0 / ``ignore_index``). Val: normalise only (full resolution).
+    """
+    train = [
+        SegRandomResize(scale, ratio_range),
+        SegRandomCrop(crop_size, cat_max_ratio, ignore_index),
+        SegRandomFlip(flip_prob),
+        *([PhotoMetricDistortion()] if photometric else []),
+        SegNormalize(),
+        SegPad(crop_size, 0.0, ignore_index),
+    ]
+    return SegCompose(train), SegCompose([SegNormalize()])
+
+
+def collate_segmentation(
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    pad_value: float = 0.0,
+    seg_pad_value: int = 255,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``(image (3, H, W), mask (H, W))`` items into ``(N, 3, H, W)`` and ``(N, H, W)``.
+
+    Items of different sizes are padded at the bottom and right to the largest height and
+    width (image with ``pad_value``, mask with ``seg_pad_value``, so padding is ignored).
+    """
+    height = max(img.shape[-2] for img, _ in batch)
+    width = max(img.shape[-1] for img, _ in batch)
+    images, masks = [], []
+    for img, mask in batch:
+        pad = (0, width - img.shape[-1], 0, height - img.shape[-2])
+        images.append(F.pad(img, pad, value=pad_value))
+        masks.append(F.pad(mask, pad, value=seg_pad_value))
+    return torch.stack(images), torch.stack(masks)

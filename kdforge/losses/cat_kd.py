@@ -1,0 +1,273 @@
+"""Guo et al., "Class Attention Transfer Based Knowledge Distillation", CVPR 2023 (CAT-KD)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdforge.losses.base import DistillBatch, LossTerm
+from kdforge.taps import unwrap_model
+
+__all__ = [
+    "CATKDLoss",
+    "binarize_cam",
+    "cam_paths",
+    "cat_kd_loss",
+    "class_activation_map",
+    "select_partial_cams",
+]
+
+
+def class_activation_map(features: Tensor, weight: Tensor) -> Tensor:
+    """CAMs: the bias-free 1×1 convolution of a feature map with a linear layer's weight.
+
+    ``(N, C, h, w)`` features and a ``(K, C)`` weight give ``(N, K, h, w)`` maps. Pooling and
+    a 1×1 conv commute, so ``cam.mean((2, 3))`` is the linear layer's output without bias.
+    """
+    return F.conv2d(features, weight[:, :, None, None])
+
+
+def cat_kd_loss(
+    cam_student: Tensor, cam_teacher: Tensor, resolution: int = 2, normalize: bool = False
+) -> Tensor:
+    """The CAT loss without its weight β (official ``CAT_loss``).
+
+    ``MSE(n(P_R(cam_s)), n(P_R(cam_t)))``: ``P_R`` is adaptive average pooling to R×R, so the
+    maps may differ in size; ``n`` is the optional L2 normalisation of each (sample, class)
+    over its R×R cells (``F.normalize``, eps 1e-12), applied *after* pooling; the MSE is the
+    mean over all N·K·R·R elements.
+
+    Args:
+        cam_student: (N, K, h_s, w_s) student CAMs.
+        cam_teacher: (N, K, h_t, w_t) teacher CAMs.
+        resolution: R, the pooled CAM size (official default 2).
+        normalize: L2-normalise the pooled maps (``IF_NORMALIZE``).
+    """
+    size = (resolution, resolution)
+    pooled_s = F.adaptive_avg_pool2d(cam_student, size)  # (N, K, h_s, w_s) -> (N, K, R, R)
+    pooled_t = F.adaptive_avg_pool2d(cam_teacher, size)
+    if pooled_s.shape != pooled_t.shape:  # MSE would broadcast silently
+        raise ValueError(
+            f"cat_kd_loss: student CAMs {tuple(cam_student.shape)} and teacher CAMs "
+            f"{tuple(cam_teacher.shape)} differ in batch size or number of classes"
+        )
+    if normalize:
+        pooled_s = F.normalize(pooled_s, dim=(2, 3))
+        pooled_t = F.normalize(pooled_t, dim=(2, 3))
+    return F.mse_loss(pooled_s, pooled_t)
+
+
+def binarize_cam(cam: Tensor) -> Tensor:
+    """``IF_BINARIZE``: 1 where a CAM exceeds its own mean absolute activation, else 0.
+
+    The threshold is ``||cam||_1 / (h·w)`` per (sample, class), the comparison is strict and
+    it is applied to the full-size map, *before* pooling (pooled values are then fractions).
+    """
+    threshold = cam.abs().mean(dim=(2, 3), keepdim=True)  # (N, K, 1, 1)
+    return (cam - threshold > 0).to(cam.dtype)
+
+
+def select_partial_cams(
+    cam_student: Tensor, cam_teacher: Tensor, teacher_logits: Tensor, num_cams: int, strategy: int
+) -> tuple[Tensor, Tensor]:
+    """``IF_OnlyTransferPartialCAMs``: keep the CAMs of some classes, picked by teacher logits.
+
+    Official semantics, off-by-one included: with ``l_j`` the j-th largest logit (1-based),
+    strategy 0 keeps the classes with logit ``> l_num_cams``, i.e. the top ``num_cams − 1``;
+    strategy 1 keeps those with logit ``<= l_(K − num_cams)`` (the official index
+    ``99 − num_cams`` hard-codes K = 100), i.e. the lowest ``num_cams + 1``. Both maps are
+    flattened in (sample, class) order and reshaped to ``(N, −1, h, w)``. When ties make the
+    total count not divisible by N, all CAMs are kept, as in the official ``_mask``.
+    """
+    n, k = teacher_logits.shape
+    ranked = teacher_logits.sort(dim=1, descending=True).values  # (N, K)
+    if strategy == 0:
+        keep = teacher_logits > ranked[:, num_cams - 1 : num_cams]
+    else:
+        keep = ~(teacher_logits > ranked[:, k - 1 - num_cams : k - num_cams])
+    if int(keep.sum()) % n:
+        return cam_student, cam_teacher
+    # boolean indexing over (N, K) walks the maps in the same order as masked_select
+    student = cam_student[keep].reshape(n, -1, *cam_student.shape[2:])
+    teacher = cam_teacher[keep].reshape(n, -1, *cam_teacher.shape[2:])
+    return student, teacher
+
+
+def cam_paths(
+    model: nn.Module, layer: str | None = None, classifier: str | None = None, role: str = "model"
+) -> tuple[str, str]:
+    """Module paths ``(last feature map, linear layer)`` whose product gives ``model``'s CAMs.
+
+    Defaults: the zoo's ``feature_info[-1]["module"]`` (the globally pooled map) and
+    ``classifier_name``; a user model names them. The linear layer is checked to exist.
+    """
+    model = unwrap_model(model)
+    flag = "" if role == "model" else f"{role}_"
+    if layer is None:
+        info = getattr(model, "feature_info", None)
+        if not info:
+            raise ValueError(
+                f"cat_kd: the {role} ({type(model).__name__}) has no feature_info; set "
+                f"{flag}layer to the module whose output is globally pooled into its classifier"
+            )
+        layer = info[-1]["module"]
+    classifier = classifier or getattr(model, "classifier_name", None)
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if classifier is None or classifier not in dict(model.named_modules()):
+        raise ValueError(
+            f"cat_kd: set {flag}classifier to the module path of the {role}'s final linear "
+            f"layer (got {classifier!r}); its linear layers: {linears}"
+        )
+    weight = getattr(model.get_submodule(classifier), "weight", None)
+    if not isinstance(weight, Tensor) or weight.dim() != 2:
+        raise ValueError(f"cat_kd: {role} module {classifier!r} is not a linear layer: {linears}")
+    return layer, classifier
+
+
+class CATKDLoss(LossTerm):
+    """``β · cat_kd_loss(CAM_s, CAM_t, R, normalize)``, CAMs taken by taps (CAT-KD).
+
+    A CAM is the bias-free 1×1 conv of the last feature map with the classifier's weight
+    (:func:`class_activation_map`); the official code instead replaces the FC by such a conv
+    (``if_test``). The teacher's FC bias is dropped, as there. The student's CAM uses its live
+    classifier weight, so CAT trains that weight too. Teacher maps may be binarised
+    (:func:`binarize_cam`) and only some classes transferred (:func:`select_partial_cams`,
+    ranked by the teacher's bias-free logits ``CAM_t.mean``, computed before binarising).
+
+    Official student logits are ``mean(CAM_s)`` with no bias. Ours are ``fc(pool(f))`` =
+    ``mean(CAM_s) + b``; ``student_bias=False`` (default) zeroes and freezes ``b`` when the
+    term is attached, which makes them equal. One difference remains: the official conv head
+    starts from N(0, 2/K) (PyTorch's default for ShuffleV1/V2, which equals ``nn.Linear``'s),
+    the zoo's linear layers from their reference initialisation.
+
+    Official defaults (``mdistiller/engine/cfg.py``): β 400, R 2, normalize True, no
+    binarisation, all CAMs; per pair β runs from 0.7 to 600 (see the recipes). CE is a
+    separate ``ce`` term (``CE_WEIGHT``); "CAT only" (``onlyCAT``) is this term alone.
+
+    Args:
+        weight: β (``CAT_loss_weight``).
+        resolution: R (``CAM_RESOLUTION``).
+        normalize: L2-normalise the pooled CAMs (``IF_NORMALIZE``).
+        binarize: binarise the teacher CAMs (``IF_BINARIZE``).
+        num_cams: transfer only this many classes' CAMs (``CAMs_Nums``, with
+            ``IF_OnlyTransferPartialCAMs``); None transfers all.
+        strategy: 0 top teacher logits, 1 lowest (``Strategy``).
+        student_bias: keep the student's classifier bias trainable (False: zero and freeze
+            it, the official bias-free head).
+        student_layer, teacher_layer: module paths of the last feature maps (default: the
+            zoo model's ``feature_info[-1]``).
+        student_classifier, teacher_classifier: module paths of the final linear layers
+            (default: the zoo model's ``classifier_name``).
+    """
+
+    def __init__(
+        self,
+        weight: float = 400.0,
+        resolution: int = 2,
+        normalize: bool = True,
+        binarize: bool = False,
+        num_cams: int | None = None,
+        strategy: int = 0,
+        student_bias: bool = False,
+        student_layer: str | None = None,
+        teacher_layer: str | None = None,
+        student_classifier: str | None = None,
+        teacher_classifier: str | None = None,
+    ) -> None:
+        super().__init__(weight)
+        if resolution < 1:
+            raise ValueError(f"cat_kd: resolution must be >= 1, got {resolution}")
+        if strategy not in (0, 1):
+            raise ValueError(f"cat_kd: strategy must be 0 (top) or 1 (lowest), got {strategy}")
+        if num_cams is not None and num_cams < (2 if strategy == 0 else 0):
+            raise ValueError(
+                f"cat_kd: num_cams={num_cams} transfers no CAM; strategy 0 keeps num_cams - 1 "
+                "classes (official off-by-one), so it needs num_cams >= 2"
+            )
+        self.resolution, self.normalize, self.binarize = resolution, normalize, binarize
+        self.num_cams, self.strategy, self.student_bias = num_cams, strategy, student_bias
+        self.student_layer, self.teacher_layer = student_layer, teacher_layer
+        self.student_classifier, self.teacher_classifier = student_classifier, teacher_classifier
+        self._linears: tuple[nn.Module, nn.Module] | None = None  # outside the module tree
+
+    @property
+    def student_taps(self) -> list[str]:
+        return [self._attached(self.student_layer)]
+
+    @property
+    def teacher_taps(self) -> list[str]:
+        return [self._attached(self.teacher_layer)]
+
+    def _attached(self, path: str | None) -> str:
+        if path is None:
+            raise RuntimeError("cat_kd: attach(student, teacher) must run first")
+        return path
+
+    def attach(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        if teacher is None:
+            raise ValueError("cat_kd needs a teacher")
+        self.student_layer, self.student_classifier = cam_paths(
+            student, self.student_layer, self.student_classifier, "student"
+        )
+        self.teacher_layer, self.teacher_classifier = cam_paths(
+            teacher, self.teacher_layer, self.teacher_classifier, "teacher"
+        )
+        head_s = unwrap_model(student).get_submodule(self.student_classifier)
+        head_t = unwrap_model(teacher).get_submodule(self.teacher_classifier)
+        self._linears = (head_s, head_t)
+        bias = getattr(head_s, "bias", None)
+        if not self.student_bias and isinstance(bias, Tensor):
+            with torch.no_grad():
+                bias.zero_()  # the official student head is a bias-free conv
+            bias.requires_grad_(False)
+
+    def build(self, student_shapes, teacher_shapes) -> None:
+        classes = []
+        for role, shapes, layer, head in zip(
+            ("student", "teacher"),
+            (student_shapes, teacher_shapes),
+            (self.student_layer, self.teacher_layer),
+            self._linears,
+            strict=True,
+        ):
+            shape, (k, c) = shapes[layer], head.weight.shape
+            if not isinstance(shape, torch.Size) or len(shape) != 4 or shape[1] != c:
+                raise ValueError(
+                    f"cat_kd: the {role}'s module {layer!r} outputs {shape}, but its linear "
+                    f"layer takes {c} features: tap the (N, {c}, H, W) map that is globally "
+                    f"pooled into it ({role}_layer)"
+                )
+            classes.append(k)
+        if classes[0] != classes[1]:
+            raise ValueError(
+                f"cat_kd: the student classifies {classes[0]} classes and the teacher "
+                f"{classes[1]}; CAMs are compared class by class"
+            )
+        top = classes[0] if self.strategy == 0 else classes[0] - 1
+        if self.num_cams is not None and self.num_cams > top:
+            raise ValueError(
+                f"cat_kd: num_cams={self.num_cams} is more than {top}, the most strategy "
+                f"{self.strategy} allows with {classes[0]} classes"
+            )
+
+    def forward(self, batch: DistillBatch) -> Tensor:
+        head_s, head_t = self._linears
+        cam_s = class_activation_map(batch.student_features[self.student_layer], head_s.weight)
+        with torch.no_grad():
+            cam_t = class_activation_map(batch.teacher_features[self.teacher_layer], head_t.weight)
+            logits_t = cam_t.mean(dim=(2, 3))  # the official teacher's bias-free logits
+            if self.binarize:
+                cam_t = binarize_cam(cam_t)
+        if self.num_cams is not None:
+            cam_s, cam_t = select_partial_cams(cam_s, cam_t, logits_t, self.num_cams, self.strategy)
+        return self.weight * cat_kd_loss(cam_s, cam_t, self.resolution, self.normalize)
+
+    def extra_repr(self) -> str:
+        parts = [
+            f"weight={self.weight:g}, resolution={self.resolution}, normalize={self.normalize}",
+            f"binarize={self.binarize}, num_cams={self.num_cams}, strategy={self.strategy}",
+            f"student_bias={self.student_bias}, student_layer={self.student_layer!r}",
+            f"teacher_layer={self.teacher_layer!r}",
+        ]
+        return ", ".join(parts)
