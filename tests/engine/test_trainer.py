@@ -95,6 +95,7 @@ def test_non_finite_loss_names_step_term_and_checkpoint(tiny_overrides, tmp_path
     assert str(tmp_path / "run" / "last.pt") in message
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
 def test_gradient_clipping_bounds_the_norm(tiny_overrides):
     trainer = _trainer(
         tiny_overrides + KD_RECIPE + ["optim.clip_grad_norm=0.001", "train.max_steps=2"]
