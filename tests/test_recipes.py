@@ -18,7 +18,10 @@ from kdforge.engine.build import build_trainer
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # CAKD recipes need 224-pixel ViTs and their data options: tests/losses/test_cakd.py runs them;
 # COCO detection recipes need COCO-format data: tests/test_detection_recipes.py runs them.
-RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if not {"cakd", "coco"} & set(p.parts))
+# Cityscapes segmentation recipes: tests/test_segmentation_recipes.py runs them.
+RECIPES = sorted(
+    p for p in CONFIGS.rglob("*.yaml") if not {"cakd", "coco", "cityscapes"} & set(p.parts)
+)
 CIFAR100 = CONFIGS / "cifar100"
 IMAGENET = CONFIGS / "imagenet"
 
@@ -123,9 +126,9 @@ IMAGENET_EXPECTED = {
         "resnet18",
         {"weight": 0.5, "resolution": 4, "normalize": False},
     ),
-    "cat_kd/resnet50_mobilenet_v2.yaml": (
+    "cat_kd/resnet50_mobilenet_v1.yaml": (
         "resnet50",
-        "mobilenet_v2",
+        "mobilenet_v1",
         {"weight": 10.0, "resolution": 2, "normalize": True},
     ),
 }

@@ -8,24 +8,27 @@ from torch import nn
 
 from kdforge.models import create_model, list_models
 
-# torchvision's published parameter counts (num_classes=1000).
+# torchvision's published parameter counts (num_classes=1000); mobilenet_v1: mdistiller's.
 PARAMS = {
     "resnet18": 11_689_512,
     "resnet34": 21_797_672,
     "resnet50": 25_557_032,
     "resnet101": 44_549_160,
     "mobilenet_v2": 3_504_872,
+    "mobilenet_v1": 4_231_976,
     "vit_b_16": 86_567_656,
     "vit_s_16": 22_050_664,  # DeiT-S widths
     "vit_ti_16": 5_717_416,  # DeiT-Ti widths
 }
-# len(state_dict()) of the torchvision models, num_batches_tracked included.
+# len(state_dict()) of the torchvision (mobilenet_v1: mdistiller) models, num_batches_tracked
+# included.
 NUM_KEYS = {
     "resnet18": 122,
     "resnet34": 218,
     "resnet50": 320,
     "resnet101": 626,
     "mobilenet_v2": 314,
+    "mobilenet_v1": 164,  # stem 6 + 13 blocks x 12 + fc 2
     **dict.fromkeys(["vit_b_16", "vit_s_16", "vit_ti_16"], 152),
 }
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -139,6 +142,32 @@ def test_mobilenet_v2_keys_follow_torchvision_naming() -> None:
     for key, shape in shapes.items():
         assert state[key].shape == shape, key
     assert "features.19.0.weight" not in state and "classifier.0.weight" not in state
+
+
+def test_mobilenet_v1_keys_follow_mdistiller_naming() -> None:
+    model = _model("mobilenet_v1")
+    state = model.state_dict()
+    shapes = {
+        "model.0.0.weight": (32, 3, 3, 3),
+        "model.0.1.running_mean": (32,),
+        "model.1.0.weight": (32, 1, 3, 3),  # depthwise
+        "model.1.1.num_batches_tracked": (),
+        "model.1.3.weight": (64, 32, 1, 1),  # pointwise
+        "model.1.4.running_var": (64,),
+        "model.2.0.weight": (64, 1, 3, 3),
+        "model.11.3.weight": (512, 512, 1, 1),
+        "model.12.3.weight": (1024, 512, 1, 1),
+        "model.13.4.bias": (1024,),
+        "fc.weight": (1000, 1024),
+        "fc.bias": (1000,),
+    }
+    for key, shape in shapes.items():
+        assert state[key].shape == shape, key
+    assert list(state)[:6] == ["model.0.0.weight", *(f"model.0.1.{s}" for s in BN)]
+    assert list(state)[-2:] == ["fc.weight", "fc.bias"] and "model.14.0.weight" not in state
+    strides = [model.model[i][0].stride for i in range(14)]
+    assert [i for i, s in enumerate(strides) if s == (2, 2)] == [0, 2, 4, 6, 12]
+    assert [d["module"] for d in model.feature_info] == [f"model.{i}" for i in (1, 3, 5, 11, 13)]
 
 
 def test_initialisation_matches_torchvision() -> None:
