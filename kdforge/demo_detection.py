@@ -17,9 +17,14 @@ The set-up, and why:
   nothing frozen and BatchNorm in training mode (mmdetection's ``frozen_stages=1`` and
   ``norm_eval=True`` assume a pretrained backbone).
 * **Data**: 128x128 images, 256 for training and 64 for validation, 1-6 shapes each.
-* **Recipe**: SGD (momentum 0.9, weight decay 1e-4, gradient norm clipped at 35), lr 0.02
-  at batch 8 with a 50-step linear warm-up and a cosine decay, 10 epochs.
+* **Recipe**: AdamW (lr 0.002, weight decay 0.05, gradient norm clipped at 35) at batch 8,
+  a 50-step linear warm-up and a cosine decay, 16 epochs (512 steps), evaluated every 2nd.
+  From scratch, AdamW learnt faster than mmdetection's SGD: after 10 epochs, AP 26.2 at lr
+  0.001 and 27.9 at lr 0.002, against 22.1 for SGD (momentum 0.9, lr 0.02, wd 1e-4).
 * **Threads**: one CPU thread, as ``kdforge demo``.
+* **Measured** (defaults, seed 0; torch 2.13 CPU): COCO AP 35.5, AP50 50.9 after 16 epochs
+  (AP 15.2 / 25.9 / 33.6 after 4 / 8 / 12), in 4.7 min on one thread of a shared two-core
+  machine (7.4 min while it was busier). Runs are deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -42,9 +47,9 @@ MODEL_KWARGS = {
 }
 IMAGE_SIZE = 128
 NUM_TRAIN, NUM_VAL = 256, 64
-EPOCHS = 10
+EPOCHS = 16
 BATCH_SIZE = 8
-LR = 0.02
+LR = 0.002
 RUN = "detector"
 
 
@@ -72,17 +77,16 @@ def detection_demo_overrides(
         f"student.name={model}",
         f"student.kwargs={{{kwargs}}}",
         "loss={detection: {}}",
-        "optim.name=sgd",
+        "optim.name=adamw",
         f"optim.lr={lr}",
-        "optim.momentum=0.9",
-        "optim.weight_decay=0.0001",
+        "optim.weight_decay=0.05",
         "optim.clip_grad_norm=35",
         "schedule.name=cosine",
         f"schedule.epochs={epochs}",
         "schedule.warmup_iters=50",
         "train.device=cpu",
         "train.amp=none",
-        "train.eval_every=1",
+        "train.eval_every=2",
         f"train.seed={seed}",
         f"train.out_dir={out_dir}",
         f"train.name={RUN}",
@@ -161,7 +165,7 @@ def run_detection_demo(
     Args:
         out_dir: folder for ``shapes/``, the run folder ``detector/``, ``results.json`` and
             ``curves.png``.
-        epochs: training epochs (default 10).
+        epochs: training epochs (default 16).
         seed: seed of the data set, the initialisation and the batch order.
         num_train, num_val: shapes images written for training and validation.
         image_size: side of the square images, in pixels.

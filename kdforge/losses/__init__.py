@@ -7,6 +7,7 @@ from kdforge.losses._cakd_modules import (
 )
 from kdforge.losses.base import DistillBatch, LossTerm
 from kdforge.losses.cakd import CAKDLoss, cakd_ramp
+from kdforge.losses.cankd import CanKD, CanKDAlignLoss, CanKDLoss, init_student_from_teacher
 from kdforge.losses.cat_kd import (
     CATKDLoss,
     binarize_cam,
@@ -16,10 +17,21 @@ from kdforge.losses.cat_kd import (
     select_partial_cams,
 )
 from kdforge.losses.ce import CrossEntropyLoss
+from kdforge.losses.crosskd import (
+    CrossKDLoss,
+    align_scale,
+    cross_head_forward,
+    giou_loss,
+    iou_log_loss,
+    kd_quality_focal_loss,
+    kl_div_distill_loss,
+)
 from kdforge.losses.detection import DetectionLoss
 from kdforge.losses.dkd import DKDLoss, dkd_loss
 from kdforge.losses.fitnet import ConvRegressor, FitNetLoss, fitnet_loss
 from kdforge.losses.kd import KDLoss, kd_loss
+from kdforge.losses.mgd import MGD, mgd_loss
+from kdforge.losses.pkd import PKDLoss, pkd_loss
 from kdforge.losses.segmentation import SegmentationLoss
 
 # Config name -> term class; `loss: {<name>: {type: <key>, ...}}` in a recipe picks one.
@@ -32,14 +44,23 @@ TERMS: dict[str, type[LossTerm]] = {
     "fitnet": FitNetLoss,
     "cakd": CAKDLoss,
     "cat_kd": CATKDLoss,
+    "crosskd": CrossKDLoss,
+    "pkd": PKDLoss,
+    "cankd": CanKD,
+    "mgd": MGD,
 }
 
 __all__ = [
+    "MGD",
     "TERMS",
     "CAKDLoss",
     "CATKDLoss",
+    "CanKD",
+    "CanKDAlignLoss",
+    "CanKDLoss",
     "ConvRegressor",
     "CrossEntropyLoss",
+    "CrossKDLoss",
     "DKDLoss",
     "DetectionLoss",
     "DistillBatch",
@@ -47,16 +68,26 @@ __all__ = [
     "GroupLinearProjector",
     "KDLoss",
     "LossTerm",
+    "PKDLoss",
     "PartialCrossAttentionProjector",
     "PatchDiscriminator",
     "SegmentationLoss",
+    "align_scale",
     "binarize_cam",
     "cakd_ramp",
     "cam_paths",
     "cat_kd_loss",
     "class_activation_map",
+    "cross_head_forward",
     "dkd_loss",
     "fitnet_loss",
+    "giou_loss",
+    "init_student_from_teacher",
+    "iou_log_loss",
     "kd_loss",
+    "kd_quality_focal_loss",
+    "kl_div_distill_loss",
+    "mgd_loss",
+    "pkd_loss",
     "select_partial_cams",
 ]

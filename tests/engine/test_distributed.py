@@ -42,6 +42,7 @@ SCRIPT = textwrap.dedent(
             json.dump({"metrics": metrics, "same_weights": same,
                        "world": dist.get_world_size(),
                        "train_batches": len(trainer.train_loader)}, f)
+    dist.barrier()  # nobody tears gloo down while a peer still talks
     dist.destroy_process_group()
     """
 )

@@ -1,0 +1,299 @@
+"""Sun & Ohyama, "CanKD: Cross-Attention-based Non-local operation for Feature-based
+Knowledge Distillation", WACV 2026 (official code: ``tori-hotaru/CanKD``,
+``mmrazor/models/losses/nlkd_IN_loss.py``).
+
+Per feature level, with student ``s`` and teacher ``t`` of equal shape ``(N, C, H, W)``::
+
+    θ = conv_θ(s)              φ = maxpool2×2(conv_φ(t))    g = maxpool2×2(conv_g(t))
+    y = (θᵀ φ / M) gᵀ          # NO softmax; M = ⌊H/2⌋·⌊W/2⌋ pooled key positions
+    z_s = BN(conv_W(y)) + s    z_t = t                      # residual on the student only
+    loss = w · MSE(IN(z_s), IN(z_t)) / 2                    # IN: per (n, c), eps 1e-5
+
+Queries come from the student, keys and values from the teacher. ``BN`` starts at
+weight = bias = 0, so at initialisation the loss is exactly ``w/2 · MSE(IN(s), IN(t))``
+and the gradient to θ/φ/g is zero. Quirks kept from the official code: the loss weight
+is applied after ``/2`` (``loss_weight=10`` in every detection config is an effective
+5); ``tau`` is stored but never used (dropped here); the BN uses per-GPU batch statistics.
+Without a softmax the product reassociates, ``(θᵀφ)gᵀ = θᵀ(φgᵀ)``: ``product="reordered"``
+(default) never builds the ``HW × M`` affinity matrix; ``"affinity"`` is the official order
+(same loss and gradients to float32 round-off; on 2 CPU threads, forward + backward of a
+``2×256×100×168`` P3 level: 3.5 s reordered vs 12.5 s affinity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdforge.losses.base import DistillBatch, LossTerm, ShapeTree, describe_mismatch
+
+__all__ = [
+    "CanKD",
+    "CanKDAlignLoss",
+    "CanKDLoss",
+    "cross_nonlocal_attention",
+    "init_student_from_teacher",
+    "instance_normalized_mse",
+]
+
+PRODUCTS = ("reordered", "affinity")
+
+
+def cross_nonlocal_attention(
+    query: Tensor, key: Tensor, value: Tensor, product: str = "reordered"
+) -> Tensor:
+    """Non-local attention without softmax: ``y = (θᵀ φ / M) gᵀ``.
+
+    Args:
+        query: ``(N, Ci, H, W)`` student queries ``θ``.
+        key: ``(N, Ci, h, w)`` pooled teacher keys ``φ``; ``M = h·w``.
+        value: ``(N, Ci, h, w)`` pooled teacher values ``g``.
+        product: ``"reordered"`` computes ``θᵀ (φ gᵀ) / M`` (``Ci × Ci`` intermediate),
+            ``"affinity"`` computes ``(θᵀ φ / M) gᵀ`` (``HW × M`` intermediate, official).
+
+    Returns:
+        ``(N, Ci, H, W)``.
+    """
+    n, ci, h, w = query.shape
+    theta = query.reshape(n, ci, h * w).transpose(1, 2)  # (N, HW, Ci)
+    phi = key.reshape(n, ci, -1)  # (N, Ci, M)
+    g = value.reshape(n, ci, -1).transpose(1, 2)  # (N, M, Ci)
+    m = phi.shape[-1]
+    if product == "reordered":
+        y = theta @ (phi @ g / m)  # (N, HW, Ci) @ (N, Ci, Ci)
+    elif product == "affinity":
+        y = (theta @ phi / m) @ g  # (N, HW, M) @ (N, M, Ci)
+    else:
+        raise ValueError(f"product must be one of {PRODUCTS}, got {product!r}")
+    return y.transpose(1, 2).reshape(n, ci, h, w)
+
+
+def instance_normalized_mse(student: Tensor, teacher: Tensor) -> Tensor:
+    """``MSE(IN(s), IN(t)) / 2``: element-mean of squared differences of maps normalised
+    per sample and channel over space (biased variance, eps 1e-5; ``InstanceNorm2d``)."""
+    return F.mse_loss(F.instance_norm(student), F.instance_norm(teacher)) / 2
+
+
+class _Attention(nn.Module):
+    """The official ``attentionMatrix``: ``theta`` (student) and ``phi`` (teacher, pooled)."""
+
+    def __init__(self, in_channels: int, inter_channels: int) -> None:
+        super().__init__()
+        self.theta = nn.Conv2d(in_channels, inter_channels, 1)
+        self.phi = nn.Sequential(nn.Conv2d(in_channels, inter_channels, 1), nn.MaxPool2d(2))
+
+
+class _NonLocal(nn.Module):
+    """The official ``NonLocalAttention`` (``dimension=2``, ``sub_sample``, ``bn_layer``)."""
+
+    def __init__(self, in_channels: int, inter_channels: int) -> None:
+        super().__init__()
+        self.att = _Attention(in_channels, inter_channels)
+        self.g = nn.Sequential(nn.Conv2d(in_channels, inter_channels, 1), nn.MaxPool2d(2))
+        self.W = nn.Sequential(
+            nn.Conv2d(inter_channels, in_channels, 1), nn.BatchNorm2d(in_channels)
+        )
+        nn.init.zeros_(self.W[1].weight)
+        nn.init.zeros_(self.W[1].bias)
+
+    def forward(self, student: Tensor, teacher: Tensor, product: str) -> Tensor:  # -> z_s
+        y = cross_nonlocal_attention(
+            self.att.theta(student), self.att.phi(teacher), self.g(teacher), product
+        )
+        return self.W(y) + student
+
+
+class CanKDLoss(nn.Module):
+    """One CanKD level: ``loss_weight · MSE(IN(BN(W(y)) + s), IN(t)) / 2`` (official
+    ``NLKD_IN_Loss``; state-dict keys, shapes, order and init are the official ones:
+    ``non_local_att.{att.theta, att.phi.0, g.0, W.0, W.1}``).
+
+    Args:
+        in_channels: ``C`` of both maps (256 on FPN levels, 2048 on a ResNet-101 stage 4).
+        inter_channels: ``Ci``; default ``C // 2`` (at least 1), as in every config.
+        loss_weight: applied after the ``/2`` (official default 1; configs use 10).
+        product: ``"reordered"`` (default) or ``"affinity"``; see the module docstring.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        inter_channels: int | None = None,
+        loss_weight: float = 1.0,
+        product: str = "reordered",
+    ) -> None:
+        super().__init__()
+        if product not in PRODUCTS:
+            raise ValueError(f"product must be one of {PRODUCTS}, got {product!r}")
+        self.in_channels, self.loss_weight, self.product = in_channels, float(loss_weight), product
+        self.inter_channels = inter_channels or max(in_channels // 2, 1)
+        self.non_local_att = _NonLocal(in_channels, self.inter_channels)
+
+    def _level(self, student: Tensor, teacher: Tensor) -> Tensor:
+        if student.shape != teacher.shape:
+            raise ValueError(
+                f"CanKDLoss needs equal shapes, got student {tuple(student.shape)} and "
+                f"teacher {tuple(teacher.shape)}"
+            )
+        z_s = self.non_local_att(student, teacher, self.product)
+        return instance_normalized_mse(z_s, teacher)
+
+    def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
+        return self.loss_weight * self._level(student, teacher)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, inter_channels={self.inter_channels}, "
+            f"loss_weight={self.loss_weight:g}, product={self.product!r}"
+        )
+
+
+class CanKDAlignLoss(CanKDLoss):
+    """The official ``NLKD_IN_align_Loss``: one shared module for a list of levels.
+
+    A list/tuple input gives ``loss_weight · mean_l loss_l`` over the first
+    ``min(len(s), len(t))`` levels; a student level whose ``(H, W)`` differs from the
+    teacher's is resized to it first (bilinear, ``align_corners=False``). Channels must
+    agree. Used by the Swin → RetinaNet CanKD† config.
+    """
+
+    def forward(
+        self, student: Tensor | Sequence[Tensor], teacher: Tensor | Sequence[Tensor]
+    ) -> Tensor:
+        if isinstance(student, Tensor) and isinstance(teacher, Tensor):
+            return self.loss_weight * self._aligned(student, teacher)
+        levels = min(len(student), len(teacher))
+        total = sum(self._aligned(student[i], teacher[i]) for i in range(levels))
+        return self.loss_weight * total / levels
+
+    def _aligned(self, student: Tensor, teacher: Tensor) -> Tensor:
+        if student.shape[-2:] != teacher.shape[-2:]:
+            student = F.interpolate(student, size=teacher.shape[-2:], mode="bilinear")
+        return self._level(student, teacher)
+
+
+def init_student_from_teacher(
+    student: nn.Module, teacher: nn.Module, prefixes: Sequence[str] = ("neck", "bbox_head")
+) -> list[str]:
+    """CanKD†: copy the teacher's parameters and buffers under ``prefixes`` into the student.
+
+    The official ``nlkdIN_dagger_*`` configs initialise the student's neck and head from
+    the teacher checkpoint (mmengine ``init_cfg=Pretrained, prefix='neck.'/'bbox_head.'``).
+    Every student tensor under a prefix must exist in the teacher with the same shape
+    (same neck and head type), else this raises. Returns the copied state-dict keys.
+    """
+    starts = tuple(f"{p}." for p in prefixes)
+    teacher_state = teacher.state_dict()
+    copied: dict[str, Tensor] = {}
+    for key, value in student.state_dict().items():
+        if not key.startswith(starts):
+            continue
+        source = teacher_state.get(key)
+        if source is None or source.shape != value.shape:
+            got = "missing" if source is None else tuple(source.shape)
+            raise ValueError(
+                f"init_from_teacher: student {key!r} {tuple(value.shape)} has no "
+                f"teacher counterpart (teacher: {got}); neck and head must be of the same type"
+            )
+        copied[key] = source
+    if not copied:
+        raise ValueError(f"init_from_teacher: the student has no tensors under {prefixes}")
+    student.load_state_dict(copied, strict=False)
+    return list(copied)
+
+
+class CanKD(LossTerm):
+    """CanKD term: one independent :class:`CanKDLoss` per tapped level, summed by the trainer.
+
+    Detection (official ``nlkdIN_*`` configs): FPN levels 0–3 on both nets
+    (``neck.fpn_convs.0..3``; level 4 is not distilled), ``weight=10`` (≙ 5, see the module
+    docstring). Segmentation: ``backbone.layer4`` (MobileNetV2: ``backbone.layer7``) through a
+    learnable 1×1 conv with bias (mmcv ``ConvModuleConnector``, kaiming init) from the
+    student's channels to the teacher's, ``weight=10`` (20 in the ``_w10_`` files).
+    ``in_channels`` of each loss is the teacher's channel count, read from the probed shapes.
+    The official teacher runs backbone + neck only; here it runs whole (same features).
+
+    Args:
+        student_layers: module paths of the student levels.
+        teacher_layers: the matching teacher paths (default: the same paths).
+        weight: each level's ``loss_weight`` (10).
+        inter_channels: ``Ci`` (default ``C // 2``).
+        connector: ``"auto"`` (1×1 conv where channels differ), ``"conv1x1"`` or ``"none"``.
+        product: ``"reordered"`` or ``"affinity"`` (see :func:`cross_nonlocal_attention`).
+        init_from_teacher: CanKD† — module prefixes copied from the teacher into the
+            student when attached, e.g. ``["neck", "bbox_head"]`` (default: none).
+    """
+
+    def __init__(
+        self,
+        student_layers: Sequence[str],
+        teacher_layers: Sequence[str] | None = None,
+        weight: float = 10.0,
+        inter_channels: int | None = None,
+        connector: str = "auto",
+        product: str = "reordered",
+        init_from_teacher: Sequence[str] = (),
+    ) -> None:
+        super().__init__(weight)
+        self.student_layers = list(student_layers)
+        self.teacher_layers = list(teacher_layers or student_layers)
+        if len(self.teacher_layers) != len(self.student_layers) or not self.student_layers:
+            raise ValueError("cankd: give as many teacher_layers as student_layers (at least 1)")
+        if connector not in ("auto", "conv1x1", "none"):
+            raise ValueError(f"connector must be 'auto', 'conv1x1' or 'none', got {connector!r}")
+        if product not in PRODUCTS:
+            raise ValueError(f"product must be one of {PRODUCTS}, got {product!r}")
+        self.inter_channels, self.connector_kind, self.product = inter_channels, connector, product
+        self.init_from_teacher = list(init_from_teacher)
+        self.connectors = nn.ModuleList()
+        self.levels = nn.ModuleList()
+
+    @property
+    def student_taps(self) -> list[str]:
+        return self.student_layers
+
+    @property
+    def teacher_taps(self) -> list[str]:
+        return self.teacher_layers
+
+    def attach(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        if self.init_from_teacher and teacher is not None:
+            init_student_from_teacher(student, teacher, self.init_from_teacher)
+
+    def build(
+        self, student_shapes: dict[str, ShapeTree], teacher_shapes: dict[str, ShapeTree]
+    ) -> None:
+        for s_path, t_path in zip(self.student_layers, self.teacher_layers, strict=True):
+            s, t = student_shapes[s_path], teacher_shapes[t_path]
+            conv = self.connector_kind == "conv1x1" or (
+                self.connector_kind == "auto" and s[1] != t[1]
+            )
+            if s[2:] != t[2:] or (s[1] != t[1] and not conv):
+                fix = "Tap levels of equal stride" + ("" if conv else ", or set connector='auto'")
+                raise ValueError(describe_mismatch("cankd", s_path, s, t_path, t, fix + "."))
+            connector: nn.Module = nn.Identity()
+            if conv:
+                connector = nn.Conv2d(s[1], t[1], 1)
+                nn.init.kaiming_normal_(connector.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(connector.bias)
+            self.connectors.append(connector)
+            self.levels.append(CanKDLoss(t[1], self.inter_channels, self.weight, self.product))
+
+    def forward(self, batch: DistillBatch) -> dict[str, Tensor]:
+        losses = {}
+        pairs = zip(
+            self.student_layers, self.teacher_layers, self.connectors, self.levels, strict=True
+        )
+        for s_path, t_path, connector, level in pairs:
+            student = connector(batch.student_features[s_path])
+            losses[s_path] = level(student, batch.teacher_features[t_path])
+        return losses
+
+    def extra_repr(self) -> str:
+        return (
+            f"student_layers={self.student_layers}, teacher_layers={self.teacher_layers}, "
+            f"weight={self.weight:g}, connector={self.connector_kind!r}, "
+            f"init_from_teacher={self.init_from_teacher}"
+        )

@@ -1,0 +1,195 @@
+"""The CanKD / MGD recipes keep the official numbers and each trains two steps on shapes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from kdforge.config import load_config
+from kdforge.data.shapes import SEMANTIC_CLASSES, write_shapes_dataset
+from kdforge.engine.build import build_trainer
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+FPN4 = [f"neck.fpn_convs.{i}" for i in range(4)]
+DET_CANKD = {"student_layers": FPN4, "weight": 10.0}
+DAGGER = {**DET_CANKD, "init_from_teacher": ["neck", "bbox_head"]}
+MGD_FPN = {
+    "student_layers": [*FPN4, "neck.fpn_convs.4"],
+    "alpha_mgd": 2e-5,
+    "lambda_mgd": 0.65,
+    "init_from_teacher": ["neck", "bbox_head"],
+}
+
+
+def _seg_cankd(layer: str, weight: float) -> dict:
+    return {"student_layers": [layer], "teacher_layers": ["backbone.layer4"], "weight": weight}
+
+
+# recipe -> (teacher, teacher checkpoint, student, distillation terms, README number)
+DETECTION = {
+    "cankd_retinanet_r101_retinanet_r50_fpn_2x.yaml": (
+        "retinanet_r101_fpn", "retinanet_r101_fpn_2x", "retinanet_r50_fpn",
+        {"cankd": DET_CANKD}, "box AP 39.7",
+    ),
+    "cankd-dagger_retinanet_r101_retinanet_r50_fpn_2x.yaml": (
+        "retinanet_r101_fpn", "retinanet_r101_fpn_2x", "retinanet_r50_fpn",
+        {"cankd": DAGGER}, "box AP 39.8",
+    ),
+    "cankd_fcos_r101_fcos_r50_fpn_2x.yaml": (
+        "fcos_r101_fpn", "fcos_r101_fpn_ms-2x", "fcos_r50_fpn",
+        {"cankd": DET_CANKD}, "box AP 42.4",
+    ),
+    "cankd_gfl_r101_retinanet_r50_fpn_1x.yaml": (
+        "gfl_r101_fpn", "gfl_r101_fpn_ms-2x", "retinanet_r50_fpn",
+        {"cankd": DET_CANKD}, "box AP not in its README",
+    ),
+    "mgd_retinanet_r101_retinanet_r50_fpn_2x.yaml": (
+        "retinanet_r101_fpn", "retinanet_r101_fpn_2x", "retinanet_r50_fpn",
+        {"mgd": MGD_FPN}, "box AP 41.0",
+    ),
+}  # fmt: skip
+P101, D101 = "pspnet_r101-d8_4xb2-80k_512x1024", "deeplabv3_r101-d8_4xb2-80k_512x1024"
+SEGMENTATION = {
+    "cankd_pspnet_r101_pspnet_r18_80k.yaml": (
+        "pspnet_r101", P101, "pspnet_r18",
+        {"cankd": _seg_cankd("backbone.layer4", 10.0)}, "mIoU 76.24",
+    ),
+    "cankd_pspnet_r101_deeplabv3_r18_80k.yaml": (
+        "pspnet_r101", P101, "deeplabv3_r18",
+        {"cankd": _seg_cankd("backbone.layer4", 20.0)}, "mIoU 77.34",
+    ),
+    "cankd_deeplabv3_r101_deeplabv3_r18_80k.yaml": (
+        "deeplabv3_r101", D101, "deeplabv3_r18",
+        {"cankd": _seg_cankd("backbone.layer4", 10.0)}, "mIoU 77.12",
+    ),
+    "cankd_deeplabv3_r101_deeplabv3_mobilenetv2_80k.yaml": (
+        "deeplabv3_r101", D101, "deeplabv3_mobilenetv2",
+        {"cankd": _seg_cankd("backbone.layer7", 10.0)}, "mIoU 75.62",
+    ),
+    "mgd_deeplabv3_r101_deeplabv3_r18_80k.yaml": (
+        "deeplabv3_r101", D101, "deeplabv3_r18",
+        {"mgd": {"student_layers": ["backbone.layer4"], "alpha_mgd": 2e-5, "lambda_mgd": 0.65}},
+        "76.02 mIoU",
+    ),
+}  # fmt: skip
+
+
+def test_every_recipe_is_listed():
+    for folder, expected in [("coco", DETECTION), ("cityscapes", SEGMENTATION)]:
+        assert {p.name for p in (CONFIGS / folder / "cankd").glob("*.yaml")} == set(expected)
+
+
+@pytest.mark.parametrize("name", sorted(DETECTION))
+def test_detection_recipe_numbers(name: str):
+    teacher, ckpt, student, terms, number = DETECTION[name]
+    lines = (CONFIGS / "coco" / "cankd" / name).read_text().splitlines()
+    assert number in lines[0] and len(lines) <= 50
+    cfg = load_config(CONFIGS / "coco" / "cankd" / name)
+    assert cfg.task == "detection" and cfg.data.name == "coco" and cfg.data.batch_size == 2
+    assert cfg.teacher.name == teacher and cfg.student.name == student
+    assert cfg.teacher.pretrained == f"checkpoints/coco/{ckpt}.safetensors"
+    assert OmegaConf.to_container(cfg.loss) == {"detection": {}, **terms}
+    caffe = student.startswith("fcos")
+    assert (cfg.data.options.get("normalize") == "caffe") == caffe
+    optim, schedule = cfg.optim, cfg.schedule
+    assert optim.name == "sgd" and optim.momentum == 0.9 and optim.weight_decay == 1e-4
+    if "mgd" in terms:  # mmrazor: 0.01 at 16 images, its mmcv-1 grad clip is ignored
+        assert (optim.lr, optim.base_batch_size, optim.clip_grad_norm) == (0.01, 16, None)
+    else:  # CanKD: 0.005 at 2 GPUs x 2 images, clip 35
+        assert (optim.lr, optim.base_batch_size, optim.clip_grad_norm) == (0.005, 4, 35.0)
+    epochs = 12 if "_1x" in name else 24
+    assert schedule.name == "multistep" and schedule.epochs == epochs and schedule.gamma == 0.1
+    assert list(schedule.milestones) == ([8, 11] if epochs == 12 else [16, 22])
+    assert schedule.warmup_iters == 500 and schedule.warmup_factor == 0.001
+    assert schedule.warmup_mode == "linear"
+
+
+@pytest.mark.parametrize("name", sorted(SEGMENTATION))
+def test_segmentation_recipe_numbers(name: str):
+    teacher, ckpt, student, terms, number = SEGMENTATION[name]
+    lines = (CONFIGS / "cityscapes" / "cankd" / name).read_text().splitlines()
+    assert number in lines[0] and len(lines) <= 50
+    cfg = load_config(CONFIGS / "cityscapes" / "cankd" / name)
+    assert cfg.task == "segmentation" and cfg.data.name == "cityscapes"
+    assert cfg.teacher.name == teacher and cfg.student.name == student
+    assert cfg.teacher.pretrained == f"checkpoints/cityscapes/{ckpt}.safetensors"
+    assert OmegaConf.to_container(cfg.loss) == {"segmentation": {}, **terms}
+    optim, schedule = cfg.optim, cfg.schedule
+    assert optim.name == "sgd" and optim.lr == 0.01 and optim.weight_decay == 5e-4
+    assert optim.momentum == 0.9 and optim.base_batch_size is None
+    assert schedule.name == "poly" and schedule.iters == 80000 and schedule.min_lr == 1e-4
+    assert schedule.power == 0.9 and cfg.data.batch_size == 2 and cfg.train.sync_bn
+
+
+@pytest.fixture(scope="module")
+def det_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    return write_shapes_dataset(root, num_train=4, num_val=2, image_size=(96, 96))
+
+
+@pytest.fixture(scope="module")
+def seg_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("shapes_seg")
+    return write_shapes_dataset(root, num_train=4, num_val=2, image_size=(64, 64))
+
+
+def _train_losses(tmp_path: Path) -> dict[str, float]:
+    lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    train = [r for r in map(json.loads, lines) if r["kind"] == "train"]
+    assert train and train[-1]["step"] == 2
+    return train[-1]
+
+
+def _check_terms(record: dict[str, float], terms: dict) -> None:
+    for term, options in terms.items():
+        values = [record[f"{term}.{path}"] for path in options["student_layers"]]
+        assert all(math.isfinite(v) and v >= 0 for v in values)
+
+
+@pytest.mark.parametrize("name", sorted(DETECTION))
+def test_detection_recipe_trains_two_steps(name: str, det_root: Path, tmp_path: Path):
+    overrides = [
+        f"data.root={det_root}",
+        "data.options.train_split=train",
+        "data.options.val_split=val",
+        "data.options.scale=[96,96]",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "teacher.pretrained=null",
+        "student.kwargs.backbone_pretrained=null",  # no ImageNet weights offline
+        "train.check_teacher=false",
+        "train.max_steps=2",
+        "train.max_eval_batches=1",
+        f"train.out_dir={tmp_path}",
+        "train.name=run",
+    ]
+    trainer = build_trainer(load_config(CONFIGS / "coco" / "cankd" / name, overrides), "test")
+    assert 0.0 <= trainer.fit()["AP"] <= 1.0
+    _check_terms(_train_losses(tmp_path), DETECTION[name][3])
+
+
+@pytest.mark.parametrize("name", sorted(SEGMENTATION))
+def test_segmentation_recipe_trains_two_steps(name: str, seg_root: Path, tmp_path: Path):
+    classes = "[" + ", ".join(SEMANTIC_CLASSES) + "]"
+    overrides = [
+        "data.name=segfolder",
+        f"data.root={seg_root}",
+        f"data.options={{classes: {classes}, image_dir: '{{split}}', "
+        "mask_dir: 'masks/{split}', crop_size: [48, 48], scale: [64, 64], inference: whole}",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "teacher.pretrained=null",
+        "schedule.iters=2",
+        "train.sync_bn=false",
+        "train.check_teacher=false",
+        "train.max_eval_batches=1",
+        f"train.out_dir={tmp_path}",
+        "train.name=run",
+    ]
+    trainer = build_trainer(load_config(CONFIGS / "cityscapes" / "cankd" / name, overrides), "test")
+    assert 0.0 <= trainer.fit()["mIoU"] <= 100.0
+    _check_terms(_train_losses(tmp_path), SEGMENTATION[name][3])
