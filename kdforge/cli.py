@@ -17,6 +17,7 @@ EXAMPLES = """examples:
   kdforge probe --teacher resnet32x4 --student resnet8x4
   kdforge demo
   kdforge demo --task detection
+  kdforge demo --task segmentation
 """
 
 
@@ -146,11 +147,14 @@ def _parser() -> argparse.ArgumentParser:
         help="a small real distillation on CPU (digits data set)",
         description="Train a teacher, a student alone and a KD student on "
         "scikit-learn's handwritten digits; print a table and draw the curves. With --task "
-        "detection: train a small GFL detector on generated shapes and report its COCO AP.",
+        "detection: train a small GFL detector on generated shapes and report its COCO AP; with "
+        "--task segmentation: a PSPNet on generated shapes, its mIoU.",
     )
-    p.add_argument("--task", choices=("classification", "detection"), default="classification")
     p.add_argument(
-        "--out", default=None, help="folder for the results (runs/demo, runs/demo_detection)"
+        "--task", choices=("classification", "detection", "segmentation"), default="classification"
+    )
+    p.add_argument(
+        "--out", default=None, help="folder for the results (runs/demo, runs/demo_<task>)"
     )
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: demo's)")
     p.add_argument("--seed", type=int, default=0)
@@ -283,6 +287,12 @@ def _demo(args: argparse.Namespace) -> None:
 
         out = args.out or "runs/demo_detection"
         run_detection_demo(out_dir=out, epochs=args.epochs, seed=args.seed)
+        return
+    if args.task == "segmentation":
+        from kdforge.demo_segmentation import run_segmentation_demo
+
+        out = args.out or "runs/demo_segmentation"
+        run_segmentation_demo(out_dir=out, epochs=args.epochs, seed=args.seed)
         return
     from kdforge.demo import run_demo
 
