@@ -15,9 +15,12 @@ The set-up, and why:
 
 * **Model**: ``pspnet_r18`` at mmsegmentation's Cityscapes widths (12.8M parameters,
   output stride 8). There are no ImageNet weights offline, so it trains from scratch.
-* **Data**: SETUP
-* **Recipe**: RECIPE
-* **Measured**: MEASURED
+* **Data**: 1,000 training and 100 validation shapes images of 64×64 px, written by
+  ``write_shapes_dataset``; no random resize or photometric distortion (the images are
+  already at the crop size), random flips only.
+* **Recipe**: mmsegmentation's optimiser and schedule shape, shortened: SGD lr 0.1,
+  momentum 0.9, weight decay 5e-4, poly decay (power 0.9, min 1e-4) over 8 epochs at
+  batch 8, decode loss + 0.4 × auxiliary loss, whole-image evaluation every epoch.
 * **Threads**: one CPU thread, as ``kdforge demo``.
 """
 
@@ -42,11 +45,10 @@ __all__ = [
 
 SEGMENTOR = "pspnet_r18"
 IMAGE_SIZE = 64
-NUM_TRAIN, NUM_VAL = 1000, 50
-EPOCHS = 12
+NUM_TRAIN, NUM_VAL = 1000, 100
+EPOCHS = 8
 BATCH_SIZE = 8
 LR = 0.1
-RATIO_RANGE = (0.75, 1.5)
 RUN = "segmentor"
 NUM_EXAMPLES = 3
 # background black, then rectangle, ellipse, triangle, star; ignored pixels (255) white
@@ -72,7 +74,7 @@ def segmentation_demo_overrides(
     options = (
         f"{{classes: [{', '.join(SEMANTIC_CLASSES)}], image_dir: '{{split}}', "
         f"mask_dir: 'masks/{{split}}', crop_size: {size}, scale: {size}, "
-        f"ratio_range: [{RATIO_RANGE[0]}, {RATIO_RANGE[1]}], photometric: false, "
+        "ratio_range: [1.0, 1.0], photometric: false, "
         "inference: whole}"
     )
     return [
@@ -235,7 +237,7 @@ def run_segmentation_demo(
     Args:
         out_dir: folder for ``shapes/``, the run folder ``segmentor/``, ``results.json`` and
             ``results.png``.
-        epochs: training epochs (default 12).
+        epochs: training epochs (default 8).
         seed: seed of the data set, the initialisation and the batch order.
         num_train, num_val: shapes images written for training and validation.
         image_size: side of the square images, in pixels.
