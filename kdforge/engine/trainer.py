@@ -24,6 +24,8 @@ from kdforge.taps import unwrap_model
 __all__ = ["AMP_DTYPES", "NonFiniteLossError", "Trainer", "seed_everything"]
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Checkpoint entries only resuming needs: kept in last.pt, left out of best.pt.
+RESUME_ONLY_KEYS = ("optimizer", "scheduler", "scaler", "aux_optimizer", "aux_scheduler")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -63,8 +65,9 @@ class Trainer:
     """Train a :class:`~kdforge.Distiller` (possibly DDP-wrapped) epoch by epoch.
 
     Each epoch: reseed, train with a progress bar (each loss term, images/s, ETA),
-    evaluate the student with ``evaluate_fn``, log, and write ``last.pt`` (and
-    ``best.pt`` when ``metric`` improves) atomically in ``run_dir``.
+    evaluate the student with ``evaluate_fn``, log, and write ``last.pt`` (everything needed
+    to resume) and, when ``metric`` improves, ``best.pt`` (the same without optimizer and
+    scheduler states) atomically in ``run_dir``.
 
     Args:
         model: the Distiller, or DistributedDataParallel around it.
@@ -180,8 +183,10 @@ class Trainer:
         value = metrics.get(self.metric)
         if value is not None and (self.best is None or value >= self.best):
             self.best = value
-            state["best"] = value
-            save_checkpoint(state, self.run_dir / "best.pt")
+            # best.pt selects weights; resuming reads last.pt, so the optimizer states
+            # (as large as the model again) are left out of it.
+            weights = {k: v for k, v in state.items() if k not in RESUME_ONLY_KEYS}
+            save_checkpoint(weights | {"best": value}, self.run_dir / "best.pt")
 
     # -- loop ---------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:

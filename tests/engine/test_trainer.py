@@ -41,6 +41,11 @@ def test_run_folder_holds_config_logs_tensorboard_and_checkpoints(tiny_overrides
     last = torch.load(run / "last.pt", weights_only=False)
     assert last["epoch"] == 2 and last["step"] == 12
     assert "connector.conv.weight" in "".join(last["terms"])  # the FitNet connector is saved
+    assert last["optimizer"]["state"]  # momentum buffers, for resuming
+    best = torch.load(run / "best.pt", weights_only=False)
+    assert "optimizer" not in best and "scheduler" not in best
+    assert best["best"] == max(r["top1"] for r in records if r["kind"] == "val")
+    assert best["student"].keys() == last["student"].keys()
 
 
 def test_resume_continues_exactly(tiny_overrides, tmp_path):
