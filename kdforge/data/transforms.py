@@ -9,6 +9,7 @@ augmentation parameters can be replayed; ``__call__`` does both.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -104,19 +105,19 @@ class _Transform:
         return f"{type(self).__name__}({args})"
 
 
-class RandomTransform(_Transform):
+class RandomTransform(_Transform, abc.ABC):
     """A random transform: ``t(img) == t.apply(img, t.sample_params(img))``.
 
     Record ``sample_params(img)`` to replay the same augmentation later with ``apply``.
     """
 
+    @abc.abstractmethod
     def sample_params(self, img: Any) -> Any:
         """Draw this call's random parameters from torch's global RNG."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def apply(self, img: Any, params: Any) -> Any:
         """Transform ``img`` deterministically with ``params``."""
-        raise NotImplementedError
 
     def __call__(self, img: Any) -> Any:
         return self.apply(img, self.sample_params(img))

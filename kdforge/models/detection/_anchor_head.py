@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,6 +54,7 @@ class AnchorHead(DenseHead):
     def _priors(self, featmap_sizes: list[tuple[int, int]], device, dtype) -> list[Tensor]:
         return self.anchor_generator.grid_anchors(featmap_sizes, device, dtype)
 
+    @abc.abstractmethod
     def assign_priors(
         self,
         anchors: Tensor,
@@ -61,7 +63,6 @@ class AnchorHead(DenseHead):
         ignore_boxes: Tensor | None,
     ) -> Tensor:
         """``gt_inds`` of one image's valid anchors (-1 ignored, 0 negative, i + 1 box i)."""
-        raise NotImplementedError
 
     def anchor_targets(
         self,

@@ -10,6 +10,7 @@ al., 2024) feeds one head's stage-``s`` features into another head's ``forward_f
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Sequence
 
@@ -114,7 +115,7 @@ def init_head_conv(conv: nn.Conv2d, prior_prob: float | None = None) -> None:
         nn.init.constant_(conv.bias, bias)
 
 
-class DenseHead(nn.Module):
+class DenseHead(nn.Module, abc.ABC):
     """Base of the dense heads: two splittable towers, predictors per level, post-processing.
 
     Subclasses define the predictors in ``predict_level``, the training targets and
@@ -223,10 +224,11 @@ class DenseHead(nn.Module):
         """Head outputs of the FPN levels: ``forward_from(0, feats)``."""
         return self.forward_from(0, feats)
 
+    @abc.abstractmethod
     def predict_level(self, level: int, cls_feat: Tensor, reg_feat: Tensor) -> dict[str, Tensor]:
         """Predictors on the tower outputs of one level."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def loss(
         self,
         outputs: dict[str, list[Tensor]],
@@ -234,17 +236,16 @@ class DenseHead(nn.Module):
         image_size: tuple[int, int] | Sequence[tuple[int, int]],
     ) -> dict[str, Tensor]:
         """Named training losses; see :meth:`DenseDetector.loss` for the arguments."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _priors(self, featmap_sizes: list[tuple[int, int]], device, dtype) -> list[Tensor]:
         """Anchors or points of every level."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _decode(
         self, level: int, priors: Tensor, reg: Tensor, max_shape: tuple[int, int]
     ) -> Tensor:
         """Boxes of one level from its priors and ``(n, C_reg)`` regression outputs."""
-        raise NotImplementedError
 
     @torch.no_grad()
     def predict(

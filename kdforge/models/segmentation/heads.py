@@ -16,6 +16,8 @@ Every head ends as mmsegmentation's ``BaseDecodeHead.cls_seg``: ``Dropout2d(0.1)
 
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -25,7 +27,7 @@ from kdforge.models.segmentation._blocks import ConvBNReLU, init_weights
 __all__ = ["ASPPHead", "DecodeHead", "FCNHead", "PSPHead"]
 
 
-class DecodeHead(nn.Module):
+class DecodeHead(nn.Module, abc.ABC):
     """Base: ``forward(x) = conv_seg(dropout(features(x)))``; subclasses define ``features``.
 
     Args:
@@ -49,8 +51,9 @@ class DecodeHead(nn.Module):
         nn.init.normal_(self.conv_seg.weight, 0.0, 0.01)
         nn.init.zeros_(self.conv_seg.bias)
 
+    @abc.abstractmethod
     def features(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The head's features before dropout and the 1x1 classifier, ``(N, channels, h, w)``."""
 
     def forward(self, x: Tensor) -> Tensor:
         feat = self.features(x)  # (N, channels, h, w)
