@@ -117,6 +117,7 @@ def test_segmentation_recipe_numbers(name: str):
     assert cfg.task == "segmentation" and cfg.data.name == "cityscapes"
     assert cfg.teacher.name == teacher and cfg.student.name == student
     assert cfg.teacher.pretrained == f"checkpoints/cityscapes/{ckpt}.safetensors"
+    assert cfg.student.kwargs.backbone_pretrained.startswith("checkpoints/imagenet/")
     assert OmegaConf.to_container(cfg.loss) == {"segmentation": {}, **terms}
     optim, schedule = cfg.optim, cfg.schedule
     assert optim.name == "sgd" and optim.lr == 0.01 and optim.weight_decay == 5e-4
@@ -183,6 +184,7 @@ def test_segmentation_recipe_trains_two_steps(name: str, seg_root: Path, tmp_pat
         "data.batch_size=2",
         "data.num_workers=0",
         "teacher.pretrained=null",
+        "student.kwargs.backbone_pretrained=null",  # no ImageNet weights offline
         "schedule.iters=2",
         "train.sync_bn=false",
         "train.check_teacher=false",

@@ -61,6 +61,13 @@ def test_every_expected_recipe_is_shipped():
     } == set(EXPECTED)
 
 
+IMAGENET_WEIGHTS = {
+    "r18": "resnet18_v1c-b5776b93.pth",  # open-mmlab://resnet18_v1c
+    "r101": "resnet101_v1c-e67eebb6.pth",
+    "mobilenetv2": "mobilenet_v2_batch256_imagenet_20200708-3b2dc3af.pth",  # mmcls://mobilenet_v2
+}
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_recipe_keeps_mmsegmentation_numbers(name: str):
     model, mmseg_config, miou = EXPECTED[name]
@@ -70,6 +77,8 @@ def test_recipe_keeps_mmsegmentation_numbers(name: str):
     cfg = load_config(CITYSCAPES / name)
     assert cfg.task == "segmentation" and cfg.teacher.name is None
     assert cfg.student.name == model and cfg.student.pretrained is None
+    weights = IMAGENET_WEIGHTS[model.split("_", 1)[1]]  # mmseg's pretrained= for the backbone
+    assert cfg.student.kwargs.backbone_pretrained == f"checkpoints/imagenet/{weights}"
     assert cfg.data.name == "cityscapes" and cfg.data.root == "data/cityscapes"
     assert cfg.data.batch_size == 2 and cfg.data.eval_batch_size == 1  # x 4 processes = 8
     assert OmegaConf.to_container(cfg.data.options) == PIPELINE
@@ -105,6 +114,7 @@ def test_recipe_trains_two_steps(name: str, shapes_root: Path, tmp_path: Path):
         "data.batch_size=2",
         "data.num_workers=0",
         "student.pretrained=null",
+        "student.kwargs.backbone_pretrained=null",  # no ImageNet weights offline
         "schedule.iters=2",
         "train.sync_bn=false",
         "train.max_eval_batches=1",

@@ -11,7 +11,12 @@ from kdforge.models.segmentation.heads import ASPPHead, DecodeHead, FCNHead, PSP
 from kdforge.models.segmentation.mobilenetv2 import DilatedInvertedResidual, MobileNetV2Backbone
 from kdforge.models.segmentation.resnet import DilatedBasicBlock, DilatedBottleneck, ResNetV1c
 from kdforge.models.segmentation.seg_loss import segmentation_loss, upsample_logits
-from kdforge.models.segmentation.segmentor import AUX_LOSS_WEIGHT, EncoderDecoder, build_segmentor
+from kdforge.models.segmentation.segmentor import (
+    AUX_LOSS_WEIGHT,
+    EncoderDecoder,
+    build_segmentor,
+    load_imagenet_backbone,
+)
 
 __all__ = [
     "AUX_LOSS_WEIGHT",
@@ -29,6 +34,7 @@ __all__ = [
     "build_segmentor",
     "convert_mmseg_checkpoint",
     "detect_mmseg_model",
+    "load_imagenet_backbone",
     "segmentation_loss",
     "upsample_logits",
 ]

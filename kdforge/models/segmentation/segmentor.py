@@ -15,14 +15,17 @@ one conv, loss weight 0.4), dropout 0.1 in both heads.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import Tensor, nn
 
 from kdforge.models._registry import register_model
+from kdforge.models.factory import read_state_dict
 from kdforge.models.segmentation.heads import ASPPHead, DecodeHead, FCNHead, PSPHead
 from kdforge.models.segmentation.mobilenetv2 import MobileNetV2Backbone
 from kdforge.models.segmentation.resnet import ResNetV1c
 
-__all__ = ["AUX_LOSS_WEIGHT", "EncoderDecoder", "build_segmentor"]
+__all__ = ["AUX_LOSS_WEIGHT", "EncoderDecoder", "build_segmentor", "load_imagenet_backbone"]
 
 AUX_LOSS_WEIGHT = 0.4  # mmsegmentation's auxiliary FCNHead loss_weight
 
@@ -86,15 +89,55 @@ class EncoderDecoder(nn.Module):
         return self.decode_head(feats[self.decode_index])  # (N, K, H/8, W/8)
 
 
-def build_segmentor(head: str, backbone: str, num_classes: int = 19) -> EncoderDecoder:
+def load_imagenet_backbone(backbone: nn.Module, path: str | Path) -> nn.Module:
+    """Load ImageNet weights into a segmentation backbone, as mmseg's ``pretrained=``.
+
+    Takes mmcv's ResNet-V1c checkpoints (``open-mmlab://resnet{18,50,101}_v1c``: keys
+    ``stem.*``, ``layer*``, ``fc.*``) and mmpretrain's MobileNetV2 (``backbone.conv1.*``,
+    ``backbone.layer*``, ``backbone.conv2.*``, ``head.*``); a ``backbone.`` prefix is
+    stripped and the classifier parts the backbone lacks (``fc``, ``head``, ``conv2``)
+    are dropped. Every other key must fit the backbone exactly.
+    """
+    own = backbone.state_dict()
+    state = {k.removeprefix("backbone."): v for k, v in read_state_dict(path).items()}
+    state = {
+        k: v for k, v in state.items() if k in own or not k.startswith(("fc.", "head.", "conv2."))
+    }
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{path}: ImageNet weights do not fit {type(backbone).__name__}: "
+            f"missing {missing[:4]} ({len(missing)}), unexpected {unexpected[:4]} "
+            f"({len(unexpected)}), wrong shape {wrong[:4]} ({len(wrong)}); expected mmcv "
+            "ResNet-V1c or mmpretrain MobileNetV2 keys of the same depth"
+        )
+    backbone.load_state_dict(state, strict=False)  # only num_batches_tracked may be absent
+    return backbone
+
+
+def build_segmentor(
+    head: str,
+    backbone: str,
+    num_classes: int = 19,
+    *,
+    backbone_pretrained: str | Path | None = None,
+) -> EncoderDecoder:
     """Build ``head`` (``"pspnet"`` or ``"deeplabv3"``) on ``backbone`` (``"r18"``, ``"r50"``,
-    ``"r101"`` or ``"mobilenetv2"``) with mmsegmentation's Cityscapes widths."""
+    ``"r101"`` or ``"mobilenetv2"``) with mmsegmentation's Cityscapes widths.
+
+    ``backbone_pretrained`` starts the backbone from ImageNet weights
+    (:func:`load_imagenet_backbone`), as mmseg's configs do; the heads keep their init.
+    """
     if head not in _HEADS or backbone not in _WIDTHS:
         raise ValueError(
             f"unknown segmentor {head}_{backbone}: heads {sorted(_HEADS)}, "
             f"backbones {sorted(_WIDTHS)}"
         )
     net = MobileNetV2Backbone() if backbone == "mobilenetv2" else ResNetV1c(int(backbone[1:]))
+    if backbone_pretrained is not None:
+        load_imagenet_backbone(net, backbone_pretrained)
     dec_in, dec_chs, aux_in, aux_chs = _WIDTHS[backbone]
     return EncoderDecoder(
         net,
@@ -106,8 +149,10 @@ def build_segmentor(head: str, backbone: str, num_classes: int = 19) -> EncoderD
 def _register(head: str, backbone: str) -> None:
     name = f"{head}_{backbone}"
 
-    def builder(num_classes: int = 19) -> EncoderDecoder:
-        return build_segmentor(head, backbone, num_classes)
+    def builder(
+        num_classes: int = 19, *, backbone_pretrained: str | Path | None = None
+    ) -> EncoderDecoder:
+        return build_segmentor(head, backbone, num_classes, backbone_pretrained=backbone_pretrained)
 
     builder.__name__ = builder.__qualname__ = name
     builder.__doc__ = f"{name}: mmsegmentation's ``{head}`` on ``{backbone}``-d8 (Cityscapes)."

@@ -151,3 +151,35 @@ def test_segmentation_loss_upsamples_and_ignores() -> None:
     )
     with pytest.raises(ValueError, match="expected logits"):
         segmentation_loss(logits, target[0])
+
+
+@pytest.mark.parametrize(
+    ("name", "prefix", "classifier"),
+    [
+        # mmcv's open-mmlab://resnet18_v1c: bare backbone keys and an ImageNet fc
+        ("pspnet_r18", "", {"fc.weight": (1000, 512), "fc.bias": (1000,)}),
+        # mmpretrain's mobilenet_v2: backbone.* keys, the 1280-channel conv2 and head.fc
+        (
+            "deeplabv3_mobilenetv2",
+            "backbone.",
+            {"backbone.conv2.conv.weight": (1280, 320, 1, 1), "head.fc.weight": (1000, 1280)},
+        ),
+    ],
+)
+def test_backbone_pretrained_loads_imagenet_weights(name, prefix, classifier, tmp_path) -> None:
+    source = create_model(name, num_classes=3).backbone
+    for p in source.parameters():
+        nn.init.normal_(p)
+    state = {prefix + k: v for k, v in source.state_dict().items()}
+    state |= {k: torch.zeros(shape) for k, shape in classifier.items()}
+    torch.save({"state_dict": state}, tmp_path / "imagenet.pth")
+
+    model = create_model(name, num_classes=3, backbone_pretrained=tmp_path / "imagenet.pth")
+    loaded = model.backbone.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in source.state_dict().items())
+
+
+def test_backbone_pretrained_of_another_backbone_names_the_keys(tmp_path) -> None:
+    torch.save(create_model("pspnet_r18").backbone.state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(ValueError, match=r"do not fit ResNetV1c: missing \['layer1.0.conv3"):
+        create_model("pspnet_r50", backbone_pretrained=tmp_path / "r18.pth")
