@@ -14,7 +14,12 @@ EXAMPLES = """examples:
   kdforge train --resume runs/resnet32x4_resnet8x4-20261121-101500
   kdforge eval RECIPE.yaml --checkpoint runs/.../best.pt
   kdforge export runs/... --out student.safetensors
+  kdforge export runs/... --out student.onnx --format onnx
   kdforge probe --teacher resnet32x4 --student resnet8x4
+  kdforge visualize features RECIPE.yaml --checkpoint runs/.../best.pt --images a.png
+  kdforge confusion-matrix RECIPE.yaml --checkpoint runs/.../best.pt
+  kdforge robustness RECIPE.yaml --checkpoint runs/.../best.pt --max-batches 5
+  kdforge compare runs/baseline runs/kd
   kdforge demo
   kdforge demo --task detection
   kdforge demo --task segmentation
@@ -29,6 +34,8 @@ CONVERTERS = {
 VISUALIZE_HELP = {
     "cam": "class activation maps of teacher and student for the top classes (CAT-KD)",
     "attention": "the ViT teacher's and the student projector's attention maps (CAKD)",
+    "features": "teacher and student feature maps at chosen layers and their difference "
+    "(per-position L2 norm over channels, or mean |x|; min-max normalised)",
 }
 
 
@@ -82,13 +89,27 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
-        help="write the student of a run as .safetensors",
+        help="write the student of a run as .safetensors or ONNX",
         description="Student weights only (connectors dropped); load them with "
-        "kdforge.create_model(name, pretrained=OUT).",
+        "kdforge.create_model(name, pretrained=OUT). --format onnx writes the graph of a "
+        "classification or segmentation student (dynamic batch) and checks it against "
+        "PyTorch with onnxruntime (pip install 'kdforge[onnx]').",
     )
     p.add_argument("run_dir", help="run folder (or a checkpoint file)")
-    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--out", required=True, help="output .safetensors or .onnx path")
     p.add_argument("--which", choices=["best", "last"], default="best")
+    p.add_argument(
+        "--format",
+        choices=["safetensors", "onnx"],
+        help="default: onnx for an --out ending in .onnx, else safetensors",
+    )
+    p.add_argument(
+        "--input-size",
+        nargs=3,
+        type=int,
+        metavar=("C", "H", "W"),
+        help="ONNX input size (default: the model's own, e.g. 3 32 32 for CIFAR)",
+    )
 
     p = sub.add_parser(
         "probe",
@@ -139,8 +160,63 @@ def _parser() -> argparse.ArgumentParser:
         v.add_argument("--checkpoint", help="student weights: run checkpoint or export")
         v.add_argument("--images", nargs="+", required=True, help="image files to draw")
         v.add_argument("--out", default="visualize", help="output folder for the PNGs")
-        v.add_argument("--top-k", type=int, default=3, help="classes (or heads) per image")
         v.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
+        if name != "features":
+            v.add_argument("--top-k", type=int, default=3, help="classes (or heads) per image")
+            continue
+        v.add_argument(
+            "--layers",
+            nargs="+",
+            metavar="PATH",
+            help="module paths, one row each: PATH (both models) or TEACHER_PATH,STUDENT_PATH "
+            "(default: a detector's FPN levels, else each model's last stage)",
+        )
+        v.add_argument("--reduce", choices=["l2", "abs_mean"], default="l2", help="over channels")
+
+    p = sub.add_parser(
+        "confusion-matrix",
+        help="the confusion matrix on the validation set (PNG and CSV)",
+        description="Rows true class, columns predicted: images (classification), labelled "
+        "pixels (segmentation), or boxes by mmdetection's rules (detection: score >= 0.3, "
+        "IoU >= 0.5, plus a background row and column). The PNG is normalised per row.",
+    )
+    p.add_argument("config", help="recipe YAML")
+    p.add_argument("--checkpoint", help="weights of --model: run checkpoint or export")
+    p.add_argument("--model", choices=["student", "teacher"], default="student")
+    p.add_argument("--out", default="confusion", help="output folder")
+    p.add_argument("--top-k", type=int, default=10, help="most confused pairs to list")
+    p.add_argument("--score-thr", type=float, default=0.3, help="detection score threshold")
+    p.add_argument("--iou-thr", type=float, default=0.5, help="detection IoU to match")
+    p.add_argument("--max-batches", type=int, help="only the first batches (quick checks)")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
+
+    p = sub.add_parser(
+        "robustness",
+        help="the metric under 15 corruptions x 5 severities (ImageNet-C / COCO-C)",
+        description="Evaluate on the validation set corrupted on the fly (deterministic per "
+        "seed and image) and report each corruption and severity, mPC (their mean) and rPC "
+        "(mPC / clean) as a table, CSV and PNG.",
+    )
+    p.add_argument("config", help="recipe YAML")
+    p.add_argument("--checkpoint", help="weights of --model: run checkpoint or export")
+    p.add_argument("--model", choices=["student", "teacher"], default="student")
+    p.add_argument("--out", default="robustness", help="output folder")
+    p.add_argument("--corruptions", nargs="+", metavar="NAME", help="a subset (default all 15)")
+    p.add_argument(
+        "--severities", nargs="+", type=int, metavar="S", help="a subset of 1..5 (default all)"
+    )
+    p.add_argument("--max-batches", type=int, help="only the first batches of each evaluation")
+    p.add_argument("--seed", type=int, default=0, help="seed of the corruptions")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
+
+    p = sub.add_parser(
+        "compare",
+        help="compare runs (e.g. baseline vs distilled): a table and a PNG of curves",
+        description="Read each run folder's config.yaml and log.jsonl; print the final and "
+        "best validation metric of each and draw the validation and training-loss curves.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders")
+    p.add_argument("--out", default="compare", help="output folder (compare.csv, compare.png)")
 
     p = sub.add_parser(
         "demo",
@@ -240,10 +316,14 @@ def _probe(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from kdforge.tools.export import export_student
+    from kdforge.tools.export import export_onnx, export_student
 
-    out = export_student(args.run_dir, args.out, args.which)
-    print(f"wrote {out}")
+    onnx = args.format == "onnx" or (args.format is None and args.out.endswith(".onnx"))
+    if not onnx:
+        print(f"wrote {export_student(args.run_dir, args.out, args.which)}")
+        return
+    out, error = export_onnx(args.run_dir, args.out, args.which, args.input_size)
+    print(f"wrote {out} (onnxruntime matches PyTorch: max abs difference {error:.2g})")
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -271,6 +351,21 @@ def _cityscapes_trainids(args: argparse.Namespace) -> None:
 
 
 def _visualize(args: argparse.Namespace) -> None:
+    if args.what == "features":
+        from kdforge.analysis.features import visualize_features
+
+        paths = visualize_features(
+            args.config,
+            args.checkpoint,
+            args.images,
+            args.out,
+            args.layers,
+            args.reduce,
+            args.overrides,
+        )
+        for path in paths:
+            print(f"wrote {path}")
+        return
     if args.what == "cam":
         from kdforge.tools.cam import visualize_cam as draw
     else:
@@ -279,6 +374,53 @@ def _visualize(args: argparse.Namespace) -> None:
         args.config, args.checkpoint, args.images, args.out, args.top_k, args.overrides
     ):
         print(f"wrote {path}")
+
+
+def _confusion_matrix(args: argparse.Namespace) -> None:
+    from kdforge.analysis.confusion import run_confusion_matrix
+
+    png, csv, pairs = run_confusion_matrix(
+        args.config,
+        args.checkpoint,
+        args.out,
+        args.model,
+        args.top_k,
+        args.score_thr,
+        args.iou_thr,
+        args.max_batches,
+        args.overrides,
+    )
+    if pairs:
+        print(f"most confused (true -> predicted), top {args.top_k}:")
+        for true, predicted, count, share in pairs:
+            print(f"  {true} -> {predicted}: {count} ({share:.1%} of {true})")
+    print(f"wrote {png}\nwrote {csv}")
+
+
+def _robustness(args: argparse.Namespace) -> None:
+    from kdforge.analysis.robustness import format_robustness, run_robustness
+
+    result, csv, png = run_robustness(
+        args.config,
+        args.checkpoint,
+        args.out,
+        args.corruptions,
+        args.severities,
+        args.max_batches,
+        args.model,
+        args.seed,
+        args.overrides,
+    )
+    print(format_robustness(result))
+    print(f"wrote {csv}\nwrote {png}")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from kdforge.analysis.compare import run_compare
+
+    table, csv, png = run_compare(args.runs, args.out)
+    print(table)
+    print(f"wrote {csv}\nwrote {png}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -307,6 +449,9 @@ COMMANDS = {
     "convert": _convert,
     "cityscapes-trainids": _cityscapes_trainids,
     "visualize": _visualize,
+    "confusion-matrix": _confusion_matrix,
+    "robustness": _robustness,
+    "compare": _compare,
     "demo": _demo,
 }
 

@@ -67,13 +67,15 @@ def to_coco_results(
 
 
 def _ground_truth(coco_gt: str | Path | CocoDetection) -> tuple[COCO, dict[int, int], list[int]]:
-    """``(COCO index, label2cat, image ids to evaluate)`` for a JSON path or a data set."""
-    path = coco_gt.ann_file if isinstance(coco_gt, CocoDetection) else Path(coco_gt)
+    """``(COCO index, label2cat, image ids to evaluate)`` for a JSON path or a data set
+    (a ``CocoDetection``, or a wrapper that reads its ``ann_file``, ``label2cat``, ``images``)."""
+    is_path = isinstance(coco_gt, (str, Path))
+    path = Path(coco_gt) if is_path else coco_gt.ann_file
     gt = COCO()
     gt.dataset = read_coco_json(path)
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
-    if isinstance(coco_gt, CocoDetection):
+    if not is_path:
         return gt, coco_gt.label2cat, [img["id"] for img in coco_gt.images]
     return gt, dict(enumerate(sorted(gt.getCatIds()))), sorted(gt.getImgIds())
 

@@ -27,7 +27,7 @@ from kdforge.losses import cam_paths, class_activation_map
 from kdforge.models import read_state_dict
 from kdforge.taps import FeatureTaps
 
-__all__ = ["class_names", "compute_cams", "draw_cams", "visualize_cam"]
+__all__ = ["class_names", "classification_view", "compute_cams", "draw_cams", "visualize_cam"]
 
 
 def class_names(cfg: DictConfig) -> list[str] | None:
@@ -43,7 +43,7 @@ def class_names(cfg: DictConfig) -> list[str] | None:
         return None
 
 
-def _view(cfg: DictConfig):
+def classification_view(cfg: DictConfig):
     """``(PIL -> PIL at the model's input size, normalisation or None)`` of the recipe's data."""
     name, options = cfg.data.name, cfg.data.options
     if name == "imagefolder":
@@ -147,7 +147,7 @@ def visualize_cam(
     if cfg.teacher.name is not None:
         models.insert(0, ("teacher", build_model(cfg.teacher, num_classes).eval()))
     paths = _cam_options(cfg)
-    resize, normalize = _view(cfg)
+    resize, normalize = classification_view(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
