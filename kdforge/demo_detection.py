@@ -25,17 +25,23 @@ The set-up, and why:
 * **Measured** (defaults, seed 0; torch 2.13 CPU): COCO AP 35.5, AP50 50.9 after 16 epochs
   (AP 15.2 / 25.9 / 33.6 after 4 / 8 / 12), in 4.7 min on one thread of a shared two-core
   machine (7.4 min while it was busier). Runs are deterministic for a seed.
+* **KD**: ``benchmarks/shapes_kd.py`` distils this detector, shortened, with CrossKD and
+  CanKD (``detection_demo_overrides(..., teacher=...)``; ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["detection_demo_overrides", "format_table", "plot_curves", "run_detection_demo"]
+__all__ = [
+    "detection_demo_overrides",
+    "format_table",
+    "plot_curves",
+    "read_log",
+    "run_detection_demo",
+]
 
 DETECTOR = "gfl_r18_fpn"
 MODEL_KWARGS = {
@@ -63,9 +69,21 @@ def detection_demo_overrides(
     image_size: int = IMAGE_SIZE,
     batch_size: int = BATCH_SIZE,
     lr: float = LR,
+    teacher: str | Path | None = None,
 ) -> list[str]:
-    """The ``key=value`` overrides of the demo run, for ``load_config(None, overrides)``."""
-    kwargs = ", ".join(f"{k}: {str(v).lower()}" for k, v in MODEL_KWARGS.items())
+    """The ``key=value`` overrides of the demo run, for ``load_config(None, overrides)``.
+
+    ``teacher``: a checkpoint of a ``model`` trained by such a run (its ``best.pt``), to
+    distil from; add the distillation terms with ``loss.<term>=...`` overrides.
+    """
+    kwargs = "{" + ", ".join(f"{k}: {str(v).lower()}" for k, v in MODEL_KWARGS.items()) + "}"
+    teacher_overrides = []
+    if teacher is not None:
+        teacher_overrides = [
+            f"teacher.name={model}",
+            f"teacher.kwargs={kwargs}",
+            f"teacher.pretrained={teacher}",
+        ]
     return [
         "task=detection",
         "data.name=coco",
@@ -75,7 +93,7 @@ def detection_demo_overrides(
         "data.eval_batch_size=16",
         "data.num_workers=0",
         f"student.name={model}",
-        f"student.kwargs={{{kwargs}}}",
+        f"student.kwargs={kwargs}",
         "loss={detection: {}}",
         "optim.name=adamw",
         f"optim.lr={lr}",
@@ -91,10 +109,11 @@ def detection_demo_overrides(
         f"train.out_dir={out_dir}",
         f"train.name={RUN}",
         "train.log_every=4",
+        *teacher_overrides,
     ]
 
 
-def _read_log(run_dir: Path) -> dict[str, list[float]]:
+def read_log(run_dir: Path) -> dict[str, list[float]]:
     """Per logged step the summed and per-term losses; per evaluation AP and AP50."""
     curves: dict[str, list[float]] = {"step": [], "loss": [], "epoch": [], "AP": [], "AP50": []}
     for line in (run_dir / "log.jsonl").read_text().splitlines():
@@ -174,18 +193,11 @@ def run_detection_demo(
     Returns:
         What ``results.json`` holds: the set-up, best and final metrics and the curves.
     """
-    import torch
-
-    from kdforge.config import load_config
+    from kdforge._demo_run import clear_run_dir, cpu_threads, fit_run
     from kdforge.data.shapes import write_shapes_dataset
-    from kdforge.engine.build import build_trainer
 
     out = Path(out_dir)
-    run_dir = out / RUN
-    if run_dir.exists():  # start fresh, but only over a kdforge run folder
-        if not (run_dir / "config.yaml").is_file():
-            raise FileExistsError(f"{run_dir} exists and is not a kdforge run; pick another --out")
-        shutil.rmtree(run_dir)
+    clear_run_dir(out / RUN)  # start fresh, but only over a kdforge run folder
     epochs = epochs or EPOCHS
     data_root = write_shapes_dataset(
         out / "shapes", num_train, num_val, (image_size, image_size), seed=seed
@@ -197,17 +209,9 @@ def run_detection_demo(
         flush=True,
     )
     overrides = detection_demo_overrides(data_root, out, epochs, seed, image_size=image_size)
-    threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    start = time.perf_counter()
-    try:
-        trainer = build_trainer(load_config(None, overrides), recipe_name=RUN)
-        final = trainer.fit()
-    finally:
-        torch.set_num_threads(threads)
-    seconds = time.perf_counter() - start
-    curves = _read_log(trainer.run_dir)
+    with cpu_threads(num_threads):
+        trainer, final, seconds = fit_run(overrides, RUN)
+    curves = read_log(trainer.run_dir)
     best_index = max(range(len(curves["AP"])), key=curves["AP"].__getitem__)
     result = {
         "model": DETECTOR,

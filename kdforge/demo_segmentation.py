@@ -24,7 +24,8 @@ The set-up, and why:
   48.6 mIoU (background 92.4, rectangle 44.3, ellipse 41.7, triangle 25.0, star 39.8;
   aAcc 89.3) in 8.4 min; seed 1 46.4. Both still rise at the last epoch.
 * **No KD comparison**: a teacher worth distilling from needs a longer run of its own, then
-  the student alone and the KD student: half an hour on this CPU, not a demo.
+  the student alone and the KD student: too long for a demo. ``benchmarks/shapes_kd.py``
+  runs one, shortened (CanKD: 27.4 vs 22.5 mIoU; see ``benchmarks/README.md``).
 * **Threads**: one CPU thread, as ``kdforge demo``.
 """
 
@@ -32,8 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ __all__ = [
     "format_table",
     "plot_results",
     "predict_validation",
+    "read_log",
     "run_segmentation_demo",
     "segmentation_demo_overrides",
 ]
@@ -67,8 +67,13 @@ def segmentation_demo_overrides(
     epochs: int = EPOCHS,
     seed: int = 0,
     image_size: int = IMAGE_SIZE,
+    teacher: str | Path | None = None,
 ) -> list[str]:
-    """The ``key=value`` overrides of the demo run, for ``load_config(None, overrides)``."""
+    """The ``key=value`` overrides of the demo run, for ``load_config(None, overrides)``.
+
+    ``teacher``: a checkpoint of the demo's segmentor (a run's ``best.pt``) to distil from;
+    add the distillation terms with ``loss.<term>=...`` overrides.
+    """
     from kdforge.data.shapes import SEMANTIC_CLASSES
 
     size = f"[{image_size}, {image_size}]"
@@ -102,10 +107,11 @@ def segmentation_demo_overrides(
         f"train.out_dir={out_dir}",
         f"train.name={RUN}",
         "train.log_every=5",
+        *([f"teacher.name={SEGMENTOR}", f"teacher.pretrained={teacher}"] if teacher else []),
     ]
 
 
-def _read_log(run_dir: Path) -> dict[str, list[float]]:
+def read_log(run_dir: Path) -> dict[str, list[float]]:
     """Per logged step the decode and auxiliary losses; per evaluation mIoU, mAcc, aAcc."""
     keys = ("step", "decode", "aux", "epoch", "mIoU", "mAcc", "aAcc")
     curves: dict[str, list[float]] = {key: [] for key in keys}
@@ -235,18 +241,13 @@ def run_segmentation_demo(
     Returns:
         What ``results.json`` holds: the set-up, best and final metrics and the curves.
     """
-    import torch
-
+    from kdforge._demo_run import clear_run_dir, cpu_threads, fit_run
     from kdforge.config import load_config
     from kdforge.data.shapes import write_shapes_dataset
-    from kdforge.engine.build import build_trainer
     from kdforge.engine.tasks import TASKS
 
     out = Path(out_dir)
-    if (run_dir := out / RUN).exists():  # start fresh, but only over a kdforge run folder
-        if not (run_dir / "config.yaml").is_file():
-            raise FileExistsError(f"{run_dir} exists and is not a kdforge run; pick another --out")
-        shutil.rmtree(run_dir)
+    clear_run_dir(out / RUN)  # start fresh, but only over a kdforge run folder
     epochs = epochs or EPOCHS
     data_root = write_shapes_dataset(
         out / "shapes", num_train, num_val, (image_size, image_size), seed=seed
@@ -259,19 +260,11 @@ def run_segmentation_demo(
     )
     overrides = segmentation_demo_overrides(data_root, out, epochs, seed, image_size)
     cfg = load_config(None, overrides)
-    threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    start = time.perf_counter()
-    try:
-        trainer = build_trainer(cfg, recipe_name=RUN)
-        final = trainer.fit()
-        seconds = time.perf_counter() - start
+    with cpu_threads(num_threads):
+        trainer, final, seconds = fit_run(overrides, RUN)
         _, val_set = TASKS[cfg.task].build_datasets(cfg.data)
         per_class_iou, predictions = predict_validation(trainer.distiller.student, val_set)
-    finally:
-        torch.set_num_threads(threads)
-    curves = _read_log(trainer.run_dir)
+    curves = read_log(trainer.run_dir)
     best_index = max(range(len(curves["mIoU"])), key=curves["mIoU"].__getitem__)
     result = {
         "model": SEGMENTOR,

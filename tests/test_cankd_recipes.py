@@ -47,6 +47,22 @@ DETECTION = {
         "gfl_r101_fpn", "gfl_r101_fpn_ms-2x", "retinanet_r50_fpn",
         {"cankd": DET_CANKD}, "box AP not in its README",
     ),
+    "cankd_retinanet_x101_retinanet_r50_fpn_2x.yaml": (
+        "retinanet_x101_64x4d_fpn", "retinanet_x101_64x4d_fpn_1x", "retinanet_r50_fpn",
+        {"cankd": DET_CANKD}, "box AP 41.0",
+    ),
+    "cankd-dagger_retinanet_x101_retinanet_r50_fpn_2x.yaml": (
+        "retinanet_x101_64x4d_fpn", "retinanet_x101_64x4d_fpn_1x", "retinanet_r50_fpn",
+        {"cankd": DAGGER}, "box AP 41.1",
+    ),
+    "cankd_fcos_x101_retinanet_r50_fpn_1x.yaml": (
+        "fcos_x101_64x4d_fpn", "fcos_x101_64x4d_fpn_ms-2x", "retinanet_r50_fpn",
+        {"cankd": DET_CANKD}, "box AP 40.5",
+    ),
+    "mgd_retinanet_x101_retinanet_r50_fpn_2x.yaml": (
+        "retinanet_x101_64x4d_fpn", "retinanet_x101_64x4d_fpn_1x", "retinanet_r50_fpn",
+        {"mgd": MGD_FPN}, "box AP 41.0",
+    ),
     "mgd_retinanet_r101_retinanet_r50_fpn_2x.yaml": (
         "retinanet_r101_fpn", "retinanet_r101_fpn_2x", "retinanet_r50_fpn",
         {"mgd": MGD_FPN}, "box AP 41.0",

@@ -78,3 +78,13 @@ def test_cli_picks_the_task(monkeypatch):
         ("det", {"out_dir": "runs/demo_detection", "epochs": 2, "seed": 0}),
         ("cls", {"out_dir": "runs/demo", "epochs": None, "seed": 3}),
     ]
+
+
+def test_overrides_with_a_teacher_make_a_kd_recipe(tmp_path):
+    teacher = tmp_path / "teacher" / "best.pt"
+    overrides = detection_demo_overrides(tmp_path / "shapes", tmp_path, teacher=teacher)
+    cfg = load_config(None, [*overrides, "loss.cankd={student_layers: [neck.fpn_convs.0]}"])
+    assert cfg.teacher.name == cfg.student.name == DETECTOR
+    assert cfg.teacher.pretrained == str(teacher) and cfg.teacher.kwargs == cfg.student.kwargs
+    assert set(cfg.loss) == {"detection", "cankd"}
+    assert load_config(None, detection_demo_overrides(tmp_path, tmp_path)).teacher.name is None

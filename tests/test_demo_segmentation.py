@@ -82,3 +82,12 @@ def test_cli_picks_the_task(monkeypatch):
     )
     main(["demo", "--task", "segmentation", "--epochs", "2", "--seed", "1"])
     assert calls == [{"out_dir": "runs/demo_segmentation", "epochs": 2, "seed": 1}]
+
+
+def test_overrides_with_a_teacher_make_a_kd_recipe(tmp_path):
+    teacher = tmp_path / "teacher" / "best.pt"
+    overrides = segmentation_demo_overrides(tmp_path / "shapes", tmp_path, teacher=teacher)
+    cfg = load_config(None, [*overrides, "loss.cankd={student_layers: [backbone.layer4]}"])
+    assert cfg.teacher.name == cfg.student.name == SEGMENTOR
+    assert cfg.teacher.pretrained == str(teacher) and set(cfg.loss) == {"segmentation", "cankd"}
+    assert load_config(None, segmentation_demo_overrides(tmp_path, tmp_path)).teacher.name is None

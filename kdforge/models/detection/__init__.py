@@ -1,7 +1,8 @@
-"""Dense object detectors in plain PyTorch: ResNet-FPN with RetinaNet, FCOS, ATSS, GFL heads.
+"""Dense object detectors in plain PyTorch: ResNet/ResNeXt-FPN with RetinaNet, FCOS, ATSS, GFL.
 
-Importing this package registers ``{retinanet,fcos,atss,gfl}_r{18,50,101}_fpn`` under
-the ``"detection"`` family. Parameter names are mmdetection's, so its checkpoints load
+Importing this package registers ``{retinanet,fcos,atss,gfl}_r{18,50,101}_fpn``,
+``retinanet_x101_{32x4d,64x4d}_fpn`` and ``fcos_x101_64x4d_fpn`` under the
+``"detection"`` family. Parameter names are mmdetection's, so its checkpoints load
 through :func:`convert_mmdet_checkpoint`.
 """
 

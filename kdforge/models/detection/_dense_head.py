@@ -31,8 +31,8 @@ class ConvModule(nn.Module):
     """Conv -> optional GroupNorm -> optional ReLU, with mmcv ``ConvModule`` names.
 
     Parameters are ``conv.weight``/``conv.bias`` and ``gn.weight``/``gn.bias``, so
-    mmdetection state dicts load as they are. The conv has a bias only without a norm
-    (mmcv's ``bias="auto"``). The ReLU is **in place**, as mmcv's: a forward hook on
+    mmdetection state dicts load as they are. By default the conv has a bias only without a
+    norm (mmcv's ``bias="auto"``). The ReLU is **in place**, as mmcv's: a forward hook on
     ``.gn`` (or on ``.conv`` when there is no norm) records a tensor that the ReLU then
     overwrites, i.e. it sees the post-activation values. ``forward(x, activate=False)``
     returns the pre-activation output.
@@ -41,6 +41,7 @@ class ConvModule(nn.Module):
         in_chs, out_chs, kernel_size, stride, padding: as ``nn.Conv2d``.
         norm_groups: groups of a ``GroupNorm`` (named ``gn``); ``None`` for no norm.
         act: append an in-place ReLU (named ``activate``).
+        bias: force the conv bias on or off; ``None`` is mmcv's ``"auto"``.
     """
 
     def __init__(
@@ -52,10 +53,12 @@ class ConvModule(nn.Module):
         padding: int = 0,
         norm_groups: int | None = None,
         act: bool = True,
+        bias: bool | None = None,
     ) -> None:
         super().__init__()
         with_norm = norm_groups is not None
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, bias=not with_norm)
+        bias = not with_norm if bias is None else bias
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, bias=bias)
         self.gn = nn.GroupNorm(norm_groups, out_chs) if with_norm else None
         self.activate = nn.ReLU(inplace=True) if act else None
 
@@ -128,6 +131,8 @@ class DenseHead(nn.Module, abc.ABC):
         feat_channels: channels of the tower convolutions.
         stacked_convs: stages per tower.
         norm_groups: GroupNorm groups in the towers (32), or ``None`` for conv + bias.
+        conv_bias: tower convs with a bias even before a GroupNorm (mmdetection's
+            ``conv_bias=True``); ``None``: a bias only without a norm (``"auto"``).
     """
 
     score_factor_key: str | None = None  # e.g. "centerness": multiplied into the scores
@@ -139,6 +144,7 @@ class DenseHead(nn.Module, abc.ABC):
         feat_channels: int,
         stacked_convs: int,
         norm_groups: int | None,
+        conv_bias: bool | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -146,12 +152,10 @@ class DenseHead(nn.Module, abc.ABC):
         self.reg_convs = nn.ModuleList()
         for i in range(stacked_convs):
             chs = in_channels if i == 0 else feat_channels
-            self.cls_convs.append(
-                ConvModule(chs, feat_channels, 3, padding=1, norm_groups=norm_groups)
-            )
-            self.reg_convs.append(
-                ConvModule(chs, feat_channels, 3, padding=1, norm_groups=norm_groups)
-            )
+            for tower in (self.cls_convs, self.reg_convs):
+                tower.append(
+                    ConvModule(chs, feat_channels, 3, 1, 1, norm_groups=norm_groups, bias=conv_bias)
+                )
         self.strides: tuple[int, ...] = ()
         self.test_cfg = PostprocessConfig()
 

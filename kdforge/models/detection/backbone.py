@@ -1,8 +1,11 @@
-"""ResNet backbones for detection (He et al., 2016) with mmdetection's training defaults.
+"""ResNet and ResNeXt backbones for detection with mmdetection's training defaults.
 
-Parameter names are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1`` ...), which are
-also mmdetection's ``ResNet`` names, so torchvision ImageNet weights and mmdetection
-detector checkpoints both load. As in every mmdetection config of RetinaNet, FCOS, ATSS
+He et al., "Deep Residual Learning for Image Recognition", CVPR 2016; Xie et al.,
+"Aggregated Residual Transformations for Deep Neural Networks", CVPR 2017 (ResNeXt:
+``groups`` and ``base_width``, mmdetection's ``ResNeXt``). Parameter names are
+torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1`` ...), which are also mmdetection's
+``ResNet``/``ResNeXt`` names, so torchvision ImageNet weights and mmdetection detector
+checkpoints both load. As in every mmdetection config of RetinaNet, FCOS, ATSS
 and GFL: ``frozen_stages=1`` (stem and ``layer1`` never train and stay in eval mode) and
 ``norm_eval=True`` (every BatchNorm keeps its running statistics: eval mode even while
 the detector trains).
@@ -28,7 +31,7 @@ _SPECS: dict[int, tuple[type[BasicBlock | Bottleneck], tuple[int, int, int, int]
 
 
 class ResNetBackbone(nn.Module):
-    """ResNet stem and four stages returning the stage outputs ``C2..C5``.
+    """ResNet (or ResNeXt) stem and four stages returning the stage outputs ``C2..C5``.
 
     Args:
         depth: 18, 34, 50 or 101.
@@ -42,6 +45,8 @@ class ResNetBackbone(nn.Module):
             False in the caffe FCOS configs).
         out_indices: which of ``C2..C5`` (0..3) ``forward`` returns.
         zero_init_residual: start each block's last BN at 0 (mmdetection's default).
+        groups: ResNeXt cardinality of each Bottleneck's 3x3 conv (1: plain ResNet).
+        base_width: ResNeXt width per group at the first stage (the "4d" of 64x4d).
 
     Attributes:
         feature_info: ``module``, ``num_chs`` and ``reduction`` of each returned stage.
@@ -56,20 +61,26 @@ class ResNetBackbone(nn.Module):
         norm_requires_grad: bool = True,
         out_indices: tuple[int, ...] = (0, 1, 2, 3),
         zero_init_residual: bool = True,
+        groups: int = 1,
+        base_width: int = 4,
     ) -> None:
         super().__init__()
         if depth not in _SPECS:
             raise ValueError(f"depth must be one of {sorted(_SPECS)}, got {depth}")
+        if groups != 1 and _SPECS[depth][0] is not Bottleneck:
+            raise ValueError(f"ResNeXt (groups={groups}) needs depth 50 or 101, got {depth}")
         if style not in ("pytorch", "caffe"):
             raise ValueError(f"style must be 'pytorch' or 'caffe', got {style!r}")
         block, depths = _SPECS[depth]
-        self.depth, self.style = depth, style
+        self.depth, self.style, self.groups, self.base_width = depth, style, groups, base_width
         self.frozen_stages, self.norm_eval, self.out_indices = frozen_stages, norm_eval, out_indices
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        extra = {"stride_in_1x1": style == "caffe"} if block is Bottleneck else {}
+        extra: dict[str, bool | int] = {}
+        if block is Bottleneck:
+            extra = {"stride_in_1x1": style == "caffe", "groups": groups, "base_width": base_width}
         self.feature_info: list[dict] = []
         in_chs = 64
         for i, n in enumerate(depths):
@@ -136,8 +147,15 @@ class ResNetBackbone(nn.Module):
                 outs.append(x)
         return tuple(outs)
 
+    @property
+    def arch(self) -> str:
+        """``"ResNet-50"``, ``"ResNeXt-101 64x4d"`` ..."""
+        if self.groups == 1:
+            return f"ResNet-{self.depth}"
+        return f"ResNeXt-{self.depth} {self.groups}x{self.base_width}d"
+
     def load_torchvision(self, path_or_state: str | Path | dict[str, Tensor]) -> ResNetBackbone:
-        """Load an ImageNet ResNet checkpoint (torchvision keys; ``fc.*`` is dropped)."""
+        """Load an ImageNet ResNet/ResNeXt checkpoint (torchvision keys; ``fc.*`` dropped)."""
         state = path_or_state
         if not isinstance(state, dict):
             state = read_state_dict(path_or_state)
@@ -145,7 +163,7 @@ class ResNetBackbone(nn.Module):
         missing, unexpected = self.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(
-                f"ImageNet weights do not fit ResNet-{self.depth}: missing {missing[:8]}, "
+                f"ImageNet weights do not fit {self.arch}: missing {missing[:8]}, "
                 f"unexpected {unexpected[:8]}"
             )
         return self

@@ -1,10 +1,12 @@
-"""Load mmdetection checkpoints of RetinaNet, FCOS, ATSS and GFL (ResNet-FPN) into ours.
+"""Load mmdetection checkpoints of RetinaNet, FCOS, ATSS and GFL (ResNet/ResNeXt-FPN) into ours.
 
 Our parameter names are mmdetection's (``backbone.layer1.0.conv1.weight``,
 ``neck.lateral_convs.0.conv.weight``, ``bbox_head.cls_convs.0.gn.weight``,
 ``bbox_head.scales.0.scale`` ...), so conversion is: unwrap the checkpoint, rename the
 mmdetection 1.x FCOS predictors (``fcos_cls`` -> ``conv_cls``, as mmdetection's own
 upgrade hook does), and check every key and shape against the detector it describes.
+A ResNeXt backbone is recognised by its grouped 3x3 convs (``layer1.0.conv2.weight`` of
+shape ``(groups * base_width, base_width, 3, 3)``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kdforge.models._registry import list_models
 from kdforge.models.factory import create_model
 
 __all__ = ["convert_mmdet_checkpoint", "detect_mmdet_model"]
@@ -45,6 +48,21 @@ def _count(state: dict[str, Tensor], pattern: str) -> int:
     return len({m.group(1) for k in state if (m := re.match(pattern, k))})
 
 
+def _backbone_name(state: dict[str, Tensor]) -> str:
+    """``"r50"``, ``"x101_64x4d"`` ...: the backbone part of a registered detector name."""
+    blocks = _count(state, r"backbone\.layer3\.(\d+)\.")
+    bottleneck = "backbone.layer1.0.conv3.weight" in state
+    depth = {(2, False): 18, (6, False): 34, (6, True): 50, (23, True): 101}.get(
+        (blocks, bottleneck)
+    )
+    if depth is None:
+        raise ValueError(f"unsupported ResNet: {blocks} blocks in layer3, bottleneck={bottleneck}")
+    inner, per_group = state["backbone.layer1.0.conv2.weight"].shape[:2]
+    if inner == per_group:
+        return f"r{depth}"
+    return f"x{depth}_{inner // per_group}x{per_group}d"  # layer1: inner = groups * base_width
+
+
 def detect_mmdet_model(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
     """The registered name and builder keywords of the detector a state dict describes.
 
@@ -57,13 +75,12 @@ def detect_mmdet_model(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
             "not an mmdetection RetinaNet/FCOS/ATSS/GFL checkpoint: no bbox_head."
             f"{{{','.join(_HEAD_KINDS)}}}.weight key"
         )
-    blocks = _count(state, r"backbone\.layer3\.(\d+)\.")
-    bottleneck = "backbone.layer1.0.conv3.weight" in state
-    depth = {(2, False): 18, (6, False): 34, (6, True): 50, (23, True): 101}.get(
-        (blocks, bottleneck)
-    )
-    if depth is None:
-        raise ValueError(f"unsupported ResNet: {blocks} blocks in layer3, bottleneck={bottleneck}")
+    name = f"{kind}_{_backbone_name(state)}_fpn"
+    if name not in list_models("detection"):
+        raise ValueError(
+            f"no registered detector {name!r} for this checkpoint; registered: "
+            + ", ".join(list_models("detection"))
+        )
     cls_key = next(p for p, k in _HEAD_KINDS.items() if k == kind)
     num_outputs = state[f"bbox_head.{cls_key}.weight"].shape[0]
     kwargs: dict[str, Any] = {
@@ -74,9 +91,12 @@ def detect_mmdet_model(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
     }
     if kind == "retinanet":
         kwargs["num_classes"] = num_outputs // (state["bbox_head.retina_reg.weight"].shape[0] // 4)
+    tower = "bbox_head.cls_convs.0"
+    if kind == "fcos" and f"{tower}.gn.weight" in state and f"{tower}.conv.bias" in state:
+        kwargs["conv_bias"] = True  # mmdetection's conv_bias=True on the GN towers
     if kind == "gfl":
         kwargs["reg_max"] = state["bbox_head.gfl_reg.weight"].shape[0] // 4 - 1
-    return f"{kind}_r{depth}_fpn", kwargs
+    return name, kwargs
 
 
 def convert_mmdet_checkpoint(

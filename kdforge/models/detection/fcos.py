@@ -48,6 +48,10 @@ class FCOSHead(DenseHead):
     Args:
         num_classes, in_channels, feat_channels, stacked_convs, norm_groups, strides: as
             the other heads.
+        conv_bias: tower convs with a bias before their GroupNorm. ``None`` (default) is
+            mmdetection's ``conv_bias="auto"``: no bias with GN, as in its FCOS configs
+            (R-50/R-101 caffe, X-101 64x4d); the "center-normbbox-centeronreg-giou"
+            configs and CanKD's FCOS student set ``True``.
         regress_ranges: ``(lo, hi)`` object sizes per level.
         center_sampling, center_sample_radius: positives only near box centres.
         norm_on_bbox: regress distances in strides with ``relu`` instead of ``exp``.
@@ -66,6 +70,7 @@ class FCOSHead(DenseHead):
         feat_channels: int = 256,
         stacked_convs: int = 4,
         norm_groups: int | None = 32,
+        conv_bias: bool | None = None,
         strides: Sequence[int] = (8, 16, 32, 64, 128),
         regress_ranges: Sequence[tuple[float, float]] = (
             (-1, 64),
@@ -89,7 +94,9 @@ class FCOSHead(DenseHead):
         nms_iou: float = 0.5,
         max_per_img: int = 100,
     ) -> None:
-        super().__init__(num_classes, in_channels, feat_channels, stacked_convs, norm_groups)
+        super().__init__(
+            num_classes, in_channels, feat_channels, stacked_convs, norm_groups, conv_bias
+        )
         if loss_bbox not in ("iou", "giou"):
             raise ValueError(f"loss_bbox must be 'iou' or 'giou', got {loss_bbox!r}")
         if len(regress_ranges) != len(strides):

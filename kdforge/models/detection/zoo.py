@@ -1,4 +1,6 @@
-"""Registered detectors: ``{retinanet,fcos,atss,gfl}_r{18,50,101}_fpn``.
+"""Registered detectors: ``{retinanet,fcos,atss,gfl}_r{18,50,101}_fpn`` and the ResNeXt-101
+ones of mmdetection's model zoo that distillation papers use as teachers:
+``retinanet_x101_{32x4d,64x4d}_fpn`` and ``fcos_x101_64x4d_fpn``.
 
 Each follows its mmdetection config (see the head modules for the exact settings):
 
@@ -12,6 +14,9 @@ gfl        pytorch  yes                  on_output                0.6
 =========  =======  ===================  =======================  ==========
 
 All use ``frozen_stages=1``, ``norm_eval=True``, FPN ``P3..P7`` with 256 channels.
+The ResNeXt backbones are pytorch style with trainable BN affine parameters, FCOS's
+included (``fcos_x101-64x4d_fpn_gn-head_ms-640-800-2x_coco.py``; its inputs are RGB with
+the ImageNet mean and std, not the caffe normalisation of the ResNet FCOS configs).
 """
 
 from __future__ import annotations
@@ -39,6 +44,14 @@ DETECTORS: dict[str, tuple[type[DenseHead], str, bool, str, bool]] = {
     "gfl": (GFLHead, "pytorch", True, "on_output", False),
 }
 _DEPTHS = (18, 50, 101)
+# name -> (head kind, backbone keywords), as mmdetection's ResNeXt-101 configs
+_X64 = {"groups": 64, "base_width": 4}
+_RESNEXT: dict[str, tuple[str, dict]] = {
+    "retinanet_x101_32x4d_fpn": ("retinanet", {"groups": 32, "base_width": 4}),
+    "retinanet_x101_64x4d_fpn": ("retinanet", _X64),
+    # pytorch style with trainable BN affine, unlike the ResNet (caffe) FCOS configs
+    "fcos_x101_64x4d_fpn": ("fcos", {**_X64, "style": "pytorch", "norm_requires_grad": True}),
+}
 
 
 def build_detector(
@@ -52,17 +65,21 @@ def build_detector(
     norm_requires_grad: bool | None = None,
     backbone_pretrained: str | Path | None = None,
     fpn_channels: int = 256,
+    groups: int = 1,
+    base_width: int = 4,
     **head_kwargs,
 ) -> DenseDetector:
-    """Build a ResNet-FPN dense detector with its mmdetection defaults.
+    """Build a ResNet-FPN (or ResNeXt-FPN) dense detector with its mmdetection defaults.
 
     Args:
         kind: ``"retinanet"``, ``"fcos"``, ``"atss"`` or ``"gfl"``.
         depth: ResNet depth (18, 34, 50, 101).
         num_classes: object classes.
+        groups, base_width: ResNeXt cardinality and width per group (``groups=64,
+            base_width=4``: 64x4d); ``groups=1`` is a ResNet.
         style, norm_requires_grad: backbone overrides (defaults per detector, table above).
         frozen_stages, norm_eval: see :class:`ResNetBackbone`.
-        backbone_pretrained: a torchvision ImageNet ResNet checkpoint for the backbone.
+        backbone_pretrained: a torchvision-keyed ImageNet ResNet/ResNeXt checkpoint.
         fpn_channels: FPN output channels (the head's input channels).
         **head_kwargs: keyword arguments of the head class (e.g. ``feat_channels``,
             ``stacked_convs``, ``center_sampling``, ``nms_iou``).
@@ -76,6 +93,8 @@ def build_detector(
         frozen_stages=frozen_stages,
         norm_eval=norm_eval,
         norm_requires_grad=bn_grad if norm_requires_grad is None else norm_requires_grad,
+        groups=groups,
+        base_width=base_width,
     )
     if backbone_pretrained is not None:
         backbone.load_torchvision(backbone_pretrained)
@@ -91,17 +110,28 @@ def build_detector(
     return DenseDetector(backbone, neck, head)
 
 
-def _builder(kind: str, depth: int) -> Callable[..., DenseDetector]:
-    def build(num_classes: int = 80, **kwargs) -> DenseDetector:
-        return build_detector(kind, depth, num_classes, **kwargs)
+def _builder(
+    name: str, kind: str, depth: int, backbone: dict | None = None
+) -> Callable[..., DenseDetector]:
+    backbone = backbone or {}
 
-    build.__name__ = f"{kind}_r{depth}_fpn"
-    build.__doc__ = f"{DETECTORS[kind][0].__name__} on ResNet-{depth} FPN (mmdetection defaults)."
+    def build(num_classes: int = 80, **kwargs) -> DenseDetector:
+        return build_detector(kind, depth, num_classes, **{**backbone, **kwargs})
+
+    arch = f"ResNet-{depth}"
+    if backbone.get("groups", 1) > 1:
+        arch = f"ResNeXt-{depth} {backbone['groups']}x{backbone['base_width']}d"
+    build.__name__ = name
+    build.__doc__ = f"{DETECTORS[kind][0].__name__} on {arch} FPN (mmdetection defaults)."
     return build
+
+
+def _register(name: str, build: Callable[..., DenseDetector]) -> None:
+    register_model(name, input_size=(3, 800, 1333), family="detection", num_classes=80)(build)
 
 
 for _kind in DETECTORS:
     for _depth in _DEPTHS:
-        register_model(
-            f"{_kind}_r{_depth}_fpn", input_size=(3, 800, 1333), family="detection", num_classes=80
-        )(_builder(_kind, _depth))
+        _register(f"{_kind}_r{_depth}_fpn", _builder(f"{_kind}_r{_depth}_fpn", _kind, _depth))
+for _name, (_kind, _backbone) in _RESNEXT.items():
+    _register(_name, _builder(_name, _kind, 101, _backbone))

@@ -46,25 +46,36 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (strided), 1x1 expand by 4, with a shortcut.
+    """1x1 reduce, 3x3 (strided, grouped for ResNeXt), 1x1 expand to ``4 * width``.
 
     ``stride_in_1x1=True`` moves the stride to the first 1x1 convolution: the original
     Caffe ResNet ("caffe" style in mmdetection, used by the Detectron checkpoints).
+    With ``groups > 1`` (ResNeXt, Xie et al., 2017) the inner width is
+    ``floor(width * base_width / 64) * groups``, as in mmdetection's and torchvision's
+    ResNeXt (e.g. 32x4d: 128 channels in 32 groups in the first stage); ``base_width`` is
+    unused when ``groups == 1``.
     """
 
     expansion = 4
 
     def __init__(
-        self, in_chs: int, width: int, stride: int = 1, stride_in_1x1: bool = False
+        self,
+        in_chs: int,
+        width: int,
+        stride: int = 1,
+        stride_in_1x1: bool = False,
+        groups: int = 1,
+        base_width: int = 4,
     ) -> None:
         super().__init__()
         out_chs = width * self.expansion
+        inner = width if groups == 1 else width * base_width // 64 * groups
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = nn.Conv2d(in_chs, width, 1, stride=s1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=s3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, out_chs, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_chs, inner, 1, stride=s1, bias=False)
+        self.bn1 = nn.BatchNorm2d(inner)
+        self.conv2 = nn.Conv2d(inner, inner, 3, stride=s3, padding=1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(inner)
+        self.conv3 = nn.Conv2d(inner, out_chs, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_chs)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _shortcut(in_chs, out_chs, stride)

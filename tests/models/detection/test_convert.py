@@ -7,6 +7,8 @@ parameter on our side fails these tests.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -21,23 +23,26 @@ def _bn(prefix: str, chs: int) -> dict[str, tuple]:
     return {**shapes, f"{prefix}.num_batches_tracked": ()}
 
 
-def _mmdet_resnet(depth: int) -> dict[str, tuple]:
+def _mmdet_resnet(depth: int, groups: int = 1, base_width: int = 4) -> dict[str, tuple]:
+    """mmdetection ``ResNet`` (``groups=1``) or ``ResNeXt`` keys and shapes."""
     blocks = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}[depth]
     keys = {"backbone.conv1.weight": (64, 3, 7, 7), **_bn("backbone.bn1", 64)}
     in_chs = 64
     for stage, n in enumerate(blocks):
-        width = 64 * 2**stage
+        planes = 64 * 2**stage
+        # mmdetection's ResNeXt Bottleneck: width = floor(planes * base_width / 64) * groups
+        width = planes if groups == 1 else math.floor(planes * base_width / 64) * groups
         for j in range(n):
             p = f"backbone.layer{stage + 1}.{j}"
             keys[f"{p}.conv1.weight"] = (width, in_chs, 1, 1)
-            keys[f"{p}.conv2.weight"] = (width, width, 3, 3)
-            keys[f"{p}.conv3.weight"] = (4 * width, width, 1, 1)
-            for i, chs in ((1, width), (2, width), (3, 4 * width)):
+            keys[f"{p}.conv2.weight"] = (width, width // groups, 3, 3)
+            keys[f"{p}.conv3.weight"] = (4 * planes, width, 1, 1)
+            for i, chs in ((1, width), (2, width), (3, 4 * planes)):
                 keys.update(_bn(f"{p}.bn{i}", chs))
             if j == 0:
-                keys[f"{p}.downsample.0.weight"] = (4 * width, in_chs, 1, 1)
-                keys.update(_bn(f"{p}.downsample.1", 4 * width))
-            in_chs = 4 * width
+                keys[f"{p}.downsample.0.weight"] = (4 * planes, in_chs, 1, 1)
+                keys.update(_bn(f"{p}.downsample.1", 4 * planes))
+            in_chs = 4 * planes
     return keys
 
 
@@ -79,8 +84,9 @@ def _mmdet_head(kind: str, k: int = 80) -> dict[str, tuple]:
     return keys
 
 
-def _mmdet_checkpoint(kind: str, depth: int) -> dict:
-    shapes = {**_mmdet_resnet(depth), **_mmdet_fpn(kind == "retinanet"), **_mmdet_head(kind)}
+def _mmdet_checkpoint(kind: str, depth: int, groups: int = 1, base_width: int = 4) -> dict:
+    backbone = _mmdet_resnet(depth, groups, base_width)
+    shapes = {**backbone, **_mmdet_fpn(kind == "retinanet"), **_mmdet_head(kind)}
     state = {key: torch.full(shape, float(i)) for i, (key, shape) in enumerate(shapes.items())}
     return {"meta": {"mmdet_version": "3.0.0"}, "state_dict": state}
 
@@ -99,6 +105,29 @@ def test_mmdet_checkpoint_covers_every_key(kind: str, depth: int) -> None:
     ours = model.state_dict()
     for key, value in checkpoint["state_dict"].items():
         assert torch.equal(ours[key], value), key
+
+
+@pytest.mark.parametrize(
+    "name", ["retinanet_x101_32x4d_fpn", "retinanet_x101_64x4d_fpn", "fcos_x101_64x4d_fpn"]
+)
+def test_mmdet_resnext_checkpoint_covers_every_key(name: str) -> None:
+    kind, groups = name.split("_")[0], int(name.split("_")[2].split("x")[0])
+    state = _mmdet_checkpoint(kind, 101, groups, 4)["state_dict"]
+    assert state["backbone.layer4.0.conv2.weight"].shape == (32 * groups, 32, 3, 3)
+    detected, kwargs = detect_mmdet_model(state)
+    assert detected == name
+    model = create_model(detected, **kwargs)
+    converted = convert_mmdet_checkpoint(state, model)
+    assert set(converted) == set(model.state_dict())
+    model.load_state_dict(converted)  # strict
+    for key in ("backbone.layer3.22.conv2.weight", "backbone.layer4.2.bn3.running_var"):
+        assert torch.equal(model.state_dict()[key], state[key]), key
+
+
+def test_detect_refuses_an_unregistered_resnext() -> None:
+    state = _mmdet_checkpoint("atss", 101, 32, 4)["state_dict"]
+    with pytest.raises(ValueError, match="no registered detector 'atss_x101_32x4d_fpn'"):
+        detect_mmdet_model(state)
 
 
 def test_converter_reports_unmatched_missing_and_shape(tmp_path) -> None:
@@ -154,3 +183,18 @@ def test_convert_command_writes_a_checkpoint_that_loads(tmp_path) -> None:
     with pytest.raises(SystemExit, match="kdforge convert: error"):
         main(["convert", "mmdet", str(bad), str(tmp_path / "never.pth")])
     assert not (tmp_path / "never.pth").exists()
+
+
+def test_fcos_conv_bias_checkpoint_is_detected() -> None:
+    state = _mmdet_checkpoint("fcos", 50)["state_dict"]
+    for tower in ("cls_convs", "reg_convs"):
+        for i in range(4):
+            state[f"bbox_head.{tower}.{i}.conv.bias"] = torch.full((256,), float(i))
+    name, kwargs = detect_mmdet_model(state)
+    assert name == "fcos_r50_fpn" and kwargs["conv_bias"] is True
+    model = create_model(name, **kwargs)
+    model.load_state_dict(convert_mmdet_checkpoint(state, model))
+    assert torch.equal(
+        model.bbox_head.reg_convs[3].conv.bias, state["bbox_head.reg_convs.3.conv.bias"]
+    )
+    assert "conv_bias" not in detect_mmdet_model(_mmdet_checkpoint("fcos", 50)["state_dict"])[1]

@@ -12,12 +12,13 @@ from kdforge.models.detection import FPN, ResNetBackbone
 from kdforge.models.detection.zoo import DETECTORS
 
 NAMES = [f"{k}_r{d}_fpn" for k in ("retinanet", "fcos", "atss", "gfl") for d in (18, 50, 101)]
+RESNEXT = ["retinanet_x101_32x4d_fpn", "retinanet_x101_64x4d_fpn", "fcos_x101_64x4d_fpn"]
 SMALL = {"fpn_channels": 32, "feat_channels": 32, "stacked_convs": 2}
 OUT_CHANNELS = {"retinanet": (9 * 3, 9 * 4), "fcos": (3, 4), "atss": (3, 4), "gfl": (3, 68)}
 
 
 def test_registry_lists_the_detectors() -> None:
-    assert list_models("detection") == sorted(NAMES)
+    assert list_models("detection") == sorted(NAMES + RESNEXT)
     info = get_model_info("gfl_r50_fpn")
     assert info.input_size == (3, 800, 1333) and info.default_num_classes == 80
 
@@ -138,3 +139,72 @@ def test_detector_loss_and_predict_api() -> None:
         dets = model.predict(model(images), [(64, 64), (64, 48)])
     assert len(dets) == 2 and set(dets[0]) == {"boxes", "scores", "labels"}
     assert model.head is model.bbox_head
+
+
+def _resnext_count(depths: tuple[int, ...], groups: int, base_width: int) -> int:
+    """Parameters of a ResNeXt without ``fc``, summed layer by layer (BN: weight + bias)."""
+    total, in_chs = 3 * 64 * 7 * 7 + 2 * 64, 64
+    for stage, blocks in enumerate(depths):
+        planes = 64 * 2**stage
+        inner, out = planes * base_width // 64 * groups, 4 * planes
+        for j in range(blocks):
+            total += in_chs * inner + inner * (inner // groups) * 9 + inner * out  # convs
+            total += 2 * (inner + inner + out)  # bn1, bn2, bn3
+            if j == 0:
+                total += in_chs * out + 2 * out  # downsample conv + BN
+            in_chs = out
+    return total
+
+
+FC = 2048 * 1000 + 1000  # the ImageNet classifier that the detection backbone drops
+
+
+@pytest.mark.parametrize(
+    "depth, groups, base_width, torchvision",
+    [
+        (50, 32, 4, 25_028_904),  # torchvision resnext50_32x4d
+        (101, 32, 8, 88_791_336),  # torchvision resnext101_32x8d
+        (101, 64, 4, 83_455_272),  # torchvision resnext101_64x4d (= mmdetection's layout)
+        (101, 32, 4, 44_177_704),  # timm resnext101_32x4d: 44.18M (formula only)
+    ],
+)
+def test_resnext_parameter_counts(depth, groups, base_width, torchvision) -> None:
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        backbone = ResNetBackbone(depth, groups=groups, base_width=base_width)
+    count = sum(p.numel() for p in backbone.parameters())
+    depths = (3, 4, 6, 3) if depth == 50 else (3, 4, 23, 3)
+    assert count == _resnext_count(depths, groups, base_width)
+    assert count + FC == torchvision
+    first = backbone.layer1[0].conv2  # mmdetection: floor(64 * base_width / 64) * groups
+    assert (first.out_channels, first.groups) == (base_width * groups, groups)
+
+
+@pytest.mark.parametrize("name", RESNEXT)
+def test_resnext_detectors_follow_mmdetection_configs(name: str) -> None:
+    with torch.device("meta"):
+        model = create_model(name)
+    backbone, kind = model.backbone, name.split("_")[0]
+    groups = int(name.split("_")[2].split("x")[0])
+    assert (backbone.groups, backbone.base_width, backbone.style) == (groups, 4, "pytorch")
+    assert backbone.layer3[0].bn1.weight.requires_grad  # BN affine trains, FCOS included
+    assert [i["num_chs"] for i in backbone.feature_info] == [256, 512, 1024, 2048]
+    assert backbone.arch == f"ResNeXt-101 {groups}x4d"
+    assert model.neck.add_extra_convs == DETECTORS[kind][3]
+    assert type(model.bbox_head) is DETECTORS[kind][0]
+
+
+def test_resnext_backbone_forward_and_freezing() -> None:
+    torch.manual_seed(0)
+    backbone = ResNetBackbone(50, groups=8, base_width=4).train()
+    assert backbone.layer2[0].conv2.groups == 8 and backbone.layer2[0].conv2.out_channels == 64
+    assert not any(p.requires_grad for p in backbone.layer1.parameters())
+    with torch.no_grad():
+        outs = backbone(torch.randn(1, 3, 64, 64))
+    assert [tuple(o.shape[1:]) for o in outs] == [
+        (256, 16, 16),
+        (512, 8, 8),
+        (1024, 4, 4),
+        (2048, 2, 2),
+    ]
+    with pytest.raises(ValueError, match="ResNeXt"):
+        ResNetBackbone(18, groups=32)

@@ -148,3 +148,14 @@ def test_fcos_options_change_targets_and_outputs() -> None:
         assert (plain(feats)["reg"][0] > 0).all()  # exp
         normed = _head("fcos", norm_groups=4, norm_on_bbox=True)(feats)["reg"][0]
     assert (normed >= 0).all() and (normed == 0).any()  # relu (clamp at 0)
+
+
+def test_fcos_tower_conv_bias_follows_mmdetection() -> None:
+    # mmdetection's FCOS configs leave conv_bias="auto": no bias before the GN
+    stock = FCOSHead(3, in_channels=32, feat_channels=32, stacked_convs=2)
+    assert all(m.conv.bias is None for m in (*stock.cls_convs, *stock.reg_convs))
+    # "center-normbbox-centeronreg-giou" and CanKD's FCOS student: conv_bias=True, bias 0
+    biased = FCOSHead(3, in_channels=32, feat_channels=32, stacked_convs=2, conv_bias=True)
+    for m in (*biased.cls_convs, *biased.reg_convs):
+        assert m.gn is not None and m.conv.bias is not None and not m.conv.bias.any()
+    assert all(m.conv.bias is not None for m in RetinaHead(3, 32, 32, 2).cls_convs)  # no norm

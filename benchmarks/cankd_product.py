@@ -1,0 +1,130 @@
+"""CanKD's attention product: official affinity order vs the reordered one (CPU or CUDA).
+
+CanKD has no softmax, so ``y = (θᵀφ / M) gᵀ`` (official: an ``HW × M`` affinity matrix)
+equals ``θᵀ (φ gᵀ / M)`` (reordered: a ``Ci × Ci`` matrix). For each order this times one
+:class:`~kdforge.losses.cankd.CanKDLoss` forward + backward (student map requires grad,
+teacher map does not, as in training) on an FPN-P3-sized level, and measures its peak
+memory:
+
+* **time**: median (and minimum) of ``--repeats`` rounds after ``--warmup`` untimed ones;
+* **peak memory**, CPU: each order runs in its own fresh subprocess; the resident-set
+  high-water mark (``getrusage(RUSAGE_SELF).ru_maxrss``) is read after the inputs and the
+  loss module exist and again after the first forward + backward; the difference is what
+  that step needed on top (allocator caching and the one-off thread-pool start-up
+  included, a few MB). CUDA: ``torch.cuda.max_memory_allocated`` over the same step minus
+  the memory allocated before it.
+
+Usage::
+
+    python benchmarks/cankd_product.py                  # 2x256x100x168, 2 threads
+    python benchmarks/cankd_product.py --repeats 9 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from torch import nn
+
+from kdforge.losses.cankd import PRODUCTS, CanKDLoss
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def measure(product: str, args: argparse.Namespace) -> dict[str, float]:
+    """Peak extra memory of the first forward + backward, then the timed rounds."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    loss_fn = CanKDLoss(args.channels, loss_weight=10.0, product=product).to(device)
+    nn.init.normal_(loss_fn.non_local_att.W[1].weight, std=0.1)  # attention branch on
+    shape = (args.batch, args.channels, args.height, args.width)
+    student = torch.randn(shape, device=device, requires_grad=True)
+    teacher = torch.randn(shape, device=device)
+
+    def step() -> None:
+        loss_fn(student, teacher).backward()
+        student.grad = None
+        loss_fn.zero_grad(set_to_none=True)
+        _sync(device)
+
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    else:
+        before = _peak_bytes(device)
+    step()
+    peak = _peak_bytes(device) - before
+    for _ in range(args.warmup):
+        step()
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "peak_mib": peak / 2**20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--channels", type=int, default=256)
+    parser.add_argument("--height", type=int, default=100)
+    parser.add_argument("--width", type=int, default=168)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds after the first")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--only", choices=PRODUCTS, help=argparse.SUPPRESS)  # the subprocess
+    args = parser.parse_args()
+    if args.only:
+        print(json.dumps(measure(args.only, args)))
+        return
+
+    shape = f"{args.batch}x{args.channels}x{args.height}x{args.width}"
+    print(
+        f"CanKDLoss forward + backward, {shape}, {args.device}, {args.threads} threads, "
+        f"{args.repeats} rounds after {args.warmup} + 1; torch {torch.__version__}, "
+        f"{platform.machine()}, {platform.processor() or platform.platform()}"
+    )
+    results = {}
+    for product in PRODUCTS:  # one fresh process each: a clean high-water mark
+        out = subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:], "--only", product],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        results[product] = json.loads(out.stdout.strip().splitlines()[-1])
+    print("\n| order | median | min | peak extra memory |\n|---|---|---|---|")
+    for product, r in results.items():
+        print(
+            f"| {product} | {r['median_s']:.2f} s | {r['min_s']:.2f} s | {r['peak_mib']:.0f} MiB |"
+        )
+    fast, slow = results["reordered"], results["affinity"]
+    print(
+        f"\nreordered / affinity: time {fast['median_s'] / slow['median_s']:.2f}, "
+        f"memory {fast['peak_mib'] / max(slow['peak_mib'], 1e-9):.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
