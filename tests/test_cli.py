@@ -1,8 +1,10 @@
+import json
 import subprocess
 import sys
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from kdforge.cli import main
 from kdforge.models import create_model
@@ -51,6 +53,10 @@ def test_train_export_eval_round_trip(tiny_overrides, tmp_path, capsys):
     main(["train", str(recipe), "--set", *tiny_overrides])
     out = tmp_path / "student.safetensors"
     main(["export", str(tmp_path / "run"), "--out", str(out)])
+    with safe_open(str(out), "pt") as exported:
+        metadata = exported.metadata()
+    assert metadata["student_name"] == "resnet8" and metadata["num_classes"] == "10"
+    assert json.loads(metadata["student_kwargs"]) == {}
     student = create_model("resnet8", num_classes=10, pretrained=out).eval()
     saved = torch.load(tmp_path / "run" / "best.pt", weights_only=False)["student"]
     reference = create_model("resnet8", num_classes=10).eval()

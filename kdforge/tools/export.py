@@ -32,14 +32,17 @@ def find_checkpoint(run: str | Path, which: str = "best") -> Path:
 def export_student(run: str | Path, out: str | Path, which: str = "best") -> Path:
     """Write the student weights of ``run`` to ``out`` (safetensors) and return its path.
 
-    The file loads back with ``create_model(name, pretrained=out)``; the model name and
-    number of classes are stored in its metadata.
+    The file loads back with ``create_model(name, num_classes=..., **kwargs,
+    pretrained=out)``; the model name, number of classes and builder keywords (the
+    recipe's ``student.kwargs``, as JSON) are stored in its metadata.
     """
     checkpoint = load_checkpoint(find_checkpoint(run, which))
     state = {k: v.contiguous() for k, v in checkpoint["student"].items()}
+    kwargs = checkpoint.get("config", {}).get("student", {}).get("kwargs") or {}
     metadata = {
         "student_name": str(checkpoint.get("student_name", "")),
         "num_classes": str(checkpoint.get("num_classes", "")),
+        "student_kwargs": json.dumps(kwargs),
         "epoch": str(checkpoint.get("epoch", "")),
         "metrics": json.dumps(checkpoint.get("metrics", {})),
     }
