@@ -28,7 +28,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/step_time.py
+	$(BIN)/kdforge bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

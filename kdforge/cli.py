@@ -234,6 +234,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: demo's)")
     p.add_argument("--seed", type=int, default=0)
+
+    from kdforge.bench import add_arguments as bench_arguments  # torch is imported already
+
+    p = sub.add_parser(
+        "bench",
+        help="time a training step of each method and teacher option",
+        description="Speed and peak memory of a training step per method and teacher "
+        "option; prints one table and writes benchmarks/results.json.",
+    )
+    bench_arguments(p)
+
+    p = sub.add_parser(
+        "cache-teacher",
+        help="store a recipe's teacher outputs per sample and epoch (train with teacher.cache)",
+        description="Run the teacher over N augmented epochs of the training set and store "
+        "the augmentation parameters and the outputs the loss terms need (see kdforge.cache); "
+        "--check compares a stored cache against the live teacher.",
+    )
+    p.add_argument("config", help="recipe YAML")
+    p.add_argument("--epochs", type=int, default=None, help="epochs to store (default: all)")
+    p.add_argument("--out", default=None, help="cache folder (default: runs/<recipe>-cache)")
+    p.add_argument("--topk", type=int, default=None, help="logits kept (default: min(K, 100))")
+    p.add_argument("--check", action="store_true", help="check --out against the live teacher")
+    p.add_argument("--samples", type=int, default=32, help="samples --check recomputes")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
     return parser
 
 
@@ -441,6 +466,28 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(out_dir=args.out or "runs/demo", epochs=args.epochs, seed=args.seed)
 
 
+def _bench(args: argparse.Namespace) -> None:
+    from kdforge.bench import run
+
+    run(args)
+
+
+def _cache_teacher(args: argparse.Namespace) -> None:
+    from kdforge.cache import check_cache, write_cache
+    from kdforge.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    out = args.out or f"runs/{Path(args.config).stem}-cache"
+    if args.check:
+        worst = check_cache(cfg, out, args.samples)
+        shown = ", ".join(f"{k} {v:.3g}" for k, v in worst.items())
+        print(f"{out} matches the live teacher (largest differences: {shown})")
+        return
+    epochs = args.epochs or cfg.schedule.epochs
+    write_cache(cfg, out, epochs, args.topk)
+    print(f"wrote {out}; train with --set teacher.cache={out}")
+
+
 COMMANDS = {
     "train": _train,
     "eval": _eval,
@@ -453,6 +500,8 @@ COMMANDS = {
     "robustness": _robustness,
     "compare": _compare,
     "demo": _demo,
+    "bench": _bench,
+    "cache-teacher": _cache_teacher,
 }
 
 

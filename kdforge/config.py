@@ -43,6 +43,17 @@ class ModelConfig:
 
 
 @dataclass
+class TeacherConfig(ModelConfig):
+    """The teacher's model, plus how cheaply to run it (see :class:`kdforge.Distiller`)."""
+
+    dtype: str = "float32"  # float32 | bfloat16 | float16: autocast the teacher's forward
+    channels_last: bool = False  # channels-last teacher and input (a GPU speed-up)
+    truncate: bool = False  # stop the teacher after its last tapped module (feature terms)
+    inference_mode: bool = True  # torch.inference_mode where every loss term allows it
+    cache: str | None = None  # a `kdforge cache-teacher` folder: replay it, never run the teacher
+
+
+@dataclass
 class OptimConfig:
     name: str = "sgd"  # sgd | adamw
     lr: float = 0.05
@@ -87,13 +98,14 @@ class TrainConfig:
     ema_decay: float | None = None  # EMA of the student (per image, torchvision's); None = off
     ema_steps: int = 32  # optimizer steps between EMA updates
     sync_bn: bool = False  # SyncBatchNorm in the student under DDP (mmseg recipes)
+    compile: bool = False  # torch.compile student and teacher (eager, with a warning, on failure)
 
 
 @dataclass
 class Config:
     task: str = "classification"  # classification | detection | segmentation
     data: DataConfig = field(default_factory=DataConfig)
-    teacher: ModelConfig = field(default_factory=ModelConfig)  # name None: no teacher
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)  # name None: no teacher
     student: ModelConfig = field(default_factory=ModelConfig)
     # {term name: {type: <kdforge.losses.TERMS key, default the name>, **kwargs}};
     # empty: the task's ground-truth loss alone (ce, detection)

@@ -13,10 +13,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
+from kdforge.cache.format import TeacherCache, fingerprint_sections
+from kdforge.cache.replay import ReplayDataset, replay_collate
+from kdforge.cache.writer import cached_outputs
 from kdforge.config import ConfigError, save_config
 from kdforge.data.mixing import MixupCollate
 from kdforge.data.samplers import RepeatedAugSampler
-from kdforge.distiller import Distiller
+from kdforge.distiller import TEACHER_DTYPES, Distiller
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.distributed import DistInfo, init_distributed
 from kdforge.engine.ema import ModelEMA, adjusted_ema_decay
@@ -87,10 +90,19 @@ def build_model(model_cfg: DictConfig, num_classes: int) -> nn.Module:
 
 
 def build_loaders(
-    data_cfg: DictConfig, dist: DistInfo, seed: int, task: Task = TASKS["classification"]
+    data_cfg: DictConfig,
+    dist: DistInfo,
+    seed: int,
+    task: Task = TASKS["classification"],
+    cache: TeacherCache | None = None,
 ) -> tuple[DataLoader, DataLoader, int]:
-    """Train and validation loaders (sharded over processes) and the number of classes."""
+    """Train and validation loaders (sharded over processes) and the number of classes.
+
+    With a teacher ``cache``, training items replay its augmentations and carry its outputs.
+    """
     train_set, val_set = task.build_datasets(data_cfg)
+    if cache is not None:
+        train_set = ReplayDataset(train_set, cache)
     pin = dist.device.type == "cuda"
     workers = data_cfg.num_workers
     if data_cfg.repeated_aug > 1:
@@ -105,6 +117,8 @@ def build_loaders(
     if mixup > 0 and task.collate is not None:
         raise ConfigError("data.mixup_alpha applies to classification only; set it to 0")
     collate = MixupCollate(train_set.num_classes, mixup) if mixup > 0 else task.collate
+    if cache is not None:
+        collate = replay_collate
     train = DataLoader(
         train_set,
         batch_size=data_cfg.batch_size,
@@ -124,6 +138,15 @@ def build_loaders(
         pin_memory=pin,
     )
     return train, val, train_set.num_classes
+
+
+def _open_cache(cfg: DictConfig, terms: dict[str, LossTerm]) -> TeacherCache:
+    """Open ``teacher.cache`` after checking, before any long work, that the run can use it."""
+    cached_outputs(cfg, terms)  # raises for what a cache cannot replace
+    cache = TeacherCache(cfg.teacher.cache)
+    epochs = 1 if cfg.schedule.iters else cfg.schedule.epochs  # iters: checked once known
+    cache.check_fits(fingerprint_sections(cfg, *cached_outputs(cfg, terms)), epochs)
+    return cache
 
 
 def _run_dir(cfg: DictConfig, recipe_name: str, dist: DistInfo) -> Path:
@@ -155,11 +178,26 @@ def build_trainer(
         raise ConfigError("the loss terms need a teacher but teacher.name is not set")
     if cfg.train.amp not in AMP_DTYPES:
         raise ConfigError(f"train.amp must be one of {list(AMP_DTYPES)}, got {cfg.train.amp!r}")
-    train_loader, val_loader, num_classes = build_loaders(cfg.data, dist, cfg.train.seed, task)
+    readers = [n for n, t in terms.items() if t.needs_teacher and t.needs_teacher_output]
+    if cfg.teacher.truncate and readers:
+        raise ConfigError(
+            f"teacher.truncate: loss terms {readers} read the teacher's output, so the "
+            "teacher cannot stop early; set teacher.truncate=false"
+        )
+    if cfg.teacher.dtype not in TEACHER_DTYPES:
+        raise ConfigError(
+            f"teacher.dtype must be one of {list(TEACHER_DTYPES)}, got {cfg.teacher.dtype!r}"
+        )
+    cache = _open_cache(cfg, terms) if cfg.teacher.cache else None
+    train_loader, val_loader, num_classes = build_loaders(
+        cfg.data, dist, cfg.train.seed, task, cache
+    )
     student = build_model(cfg.student, num_classes).to(dist.device)
     if cfg.train.sync_bn and dist.distributed:  # BN statistics over the global batch
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
-    teacher = build_model(cfg.teacher, num_classes).to(dist.device) if cfg.teacher.name else None
+    teacher = None
+    if cfg.teacher.name and cache is None:
+        teacher = build_model(cfg.teacher, num_classes).to(dist.device)
     amp_dtype = AMP_DTYPES[cfg.train.amp]
 
     def evaluate(model: nn.Module) -> dict[str, float]:
@@ -183,8 +221,20 @@ def build_trainer(
             task.check_teacher(metrics, num_classes, cfg.teacher.name)
 
     items = [train_loader.dataset[i] for i in range(2)]
-    example = (task.collate or default_collate)(items)[0].to(dist.device)
-    distiller = Distiller(teacher, student, terms, example_input=example)
+    example, example_targets = (train_loader.collate_fn or default_collate)(items)
+    distiller = Distiller(
+        teacher,
+        student,
+        terms,
+        teacher_inference_mode=cfg.teacher.inference_mode,
+        teacher_dtype=cfg.teacher.dtype,
+        teacher_channels_last=cfg.teacher.channels_last,
+        truncate_teacher=cfg.teacher.truncate,
+        cached_teacher=cache is not None,
+    )
+    distiller.probe(example.to(dist.device), example_targets)
+    if cfg.train.compile:
+        distiller.compile_models()
     # Parameters with an objective of their own (e.g. CAKD's discriminator) get their own
     # optimizer and stay out of DDP's gradient sync; the trainer averages their gradients.
     aux_terms = [t for t in terms.values() if t.auxiliary_parameters()]
@@ -267,6 +317,8 @@ def build_trainer(
         aux_scheduler=aux_scheduler,
         ema=ema,
     )
+    if cache is not None:
+        cache.check_fits(fingerprint_sections(cfg, *cached_outputs(cfg, terms)), epochs)
     if resume:
         trainer.load_state_dict(load_checkpoint(run_dir / "last.pt"))
         log.print(f"resumed {run_dir} after epoch {trainer.epoch} (step {trainer.step})")

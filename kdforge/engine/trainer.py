@@ -231,6 +231,9 @@ class Trainer:
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
+        dataset = getattr(self.train_loader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):  # e.g. a teacher cache's replayed augmentations
+            dataset.set_epoch(epoch)
         generator = getattr(self.train_loader, "generator", None)
         if generator is not None:
             generator.manual_seed(seed)

@@ -54,9 +54,18 @@ class LossTerm(nn.Module):
     optimizer (and out of DDP's gradient sync), and before the main step back-propagates
     ``auxiliary_loss`` and steps them with their own optimizer at ``auxiliary_lr_scale`` ×
     the main learning rate. The returned (main) losses must not reach them.
+
+    Two flags tell the :class:`~kdforge.Distiller` how cheaply it may run the teacher:
+    ``needs_teacher_output`` (the term reads ``batch.teacher_output``; False lets the
+    teacher stop after its last tapped module) and ``needs_teacher_autograd`` (the term
+    saves teacher values for backward, e.g. ``mse(student, teacher)``, or runs teacher
+    modules on student tensors; False lets the teacher run under ``torch.inference_mode``,
+    whose tensors cannot be saved for backward). Both default to the safe True.
     """
 
     needs_teacher: bool = True
+    needs_teacher_output: bool = True
+    needs_teacher_autograd: bool = True
     auxiliary_lr_scale: float = 1.0
 
     def __init__(self, weight: float = 1.0) -> None:

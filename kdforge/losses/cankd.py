@@ -214,7 +214,9 @@ class CanKD(LossTerm):
     learnable 1×1 conv with bias (mmcv ``ConvModuleConnector``, kaiming init) from the
     student's channels to the teacher's, ``weight=10`` (20 in the ``_w10_`` files).
     ``in_channels`` of each loss is the teacher's channel count, read from the probed shapes.
-    The official teacher runs backbone + neck only; here it runs whole (same features).
+    The official teacher runs backbone + neck only: ``teacher.truncate`` does the same (the
+    recipes set it); the term never reads the teacher's output. Its φ and g convolutions save
+    the teacher maps for backward, so the teacher runs under ``no_grad``, not inference mode.
 
     Args:
         student_layers: module paths of the student levels.
@@ -226,6 +228,8 @@ class CanKD(LossTerm):
         init_from_teacher: CanKD† — module prefixes copied from the teacher into the
             student when attached, e.g. ``["neck", "bbox_head"]`` (default: none).
     """
+
+    needs_teacher_output = False
 
     def __init__(
         self,

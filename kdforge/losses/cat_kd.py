@@ -161,6 +161,9 @@ class CATKDLoss(LossTerm):
             (default: the zoo model's ``classifier_name``).
     """
 
+    needs_teacher_output = False
+    needs_teacher_autograd = False
+
     def __init__(
         self,
         weight: float = 400.0,

@@ -54,6 +54,8 @@ class DKDLoss(LossTerm):
     gets ``1/warmup``). Defaults: α=1, β=8, T=4, warm-up 20 epochs, CE weight 1.
     """
 
+    needs_teacher_autograd = False
+
     def __init__(
         self,
         weight: float = 1.0,

@@ -62,6 +62,8 @@ class FitNetLoss(LossTerm):
         connector: ``"convreg"`` or ``"none"``.
     """
 
+    needs_teacher_output = False
+
     def __init__(
         self,
         student_layer: str,

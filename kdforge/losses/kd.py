@@ -48,6 +48,8 @@ def check_same_classes(term: str, student_shapes: dict, teacher_shapes: dict) ->
 class KDLoss(LossTerm):
     """KD on the model outputs. mdistiller defaults: T=4, weight 0.9 (with CE 0.1)."""
 
+    needs_teacher_autograd = False
+
     def __init__(self, weight: float = 0.9, temperature: float = 4.0) -> None:
         super().__init__(weight)
         self.temperature = temperature

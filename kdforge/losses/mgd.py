@@ -94,6 +94,9 @@ class MGD(LossTerm):
             attached (default: none).
     """
 
+    needs_teacher_output = False
+    needs_teacher_autograd = False
+
     def __init__(
         self,
         student_layers: Sequence[str],

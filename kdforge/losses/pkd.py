@@ -61,6 +61,9 @@ class PKDLoss(LossTerm):
         resize_student: which side is resized when heights differ.
     """
 
+    needs_teacher_output = False
+    needs_teacher_autograd = False
+
     def __init__(
         self,
         weight: float = 1.0,
