@@ -131,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "convert",
         help="convert an OpenMMLab checkpoint to kdforge's keys",
-        description="Map an mmdetection (RetinaNet/FCOS/ATSS/GFL, ResNet FPN) or "
+        description="Map an mmdetection (RetinaNet/FCOS/ATSS/GFL, ResNet/ResNeXt FPN) or "
         "mmsegmentation (PSPNet/DeepLabV3) checkpoint onto the kdforge model; unmatched keys "
         "are listed and nothing is written.",
     )
