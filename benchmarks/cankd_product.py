@@ -1,15 +1,22 @@
 """CanKD's attention product: official affinity order vs the reordered one (CPU or CUDA).
 
 CanKD has no softmax, so ``y = (θᵀφ / M) gᵀ`` (official: an ``HW × M`` affinity matrix)
-equals ``θᵀ (φ gᵀ / M)`` (reordered: a ``Ci × Ci`` matrix). For each order this times one
-:class:`~kdforge.losses.cankd.CanKDLoss` forward + backward (student map requires grad,
-teacher map does not, as in training) on an FPN-P3-sized level, and measures its peak
-memory:
+equals ``θᵀ (φ gᵀ / M)`` (reordered: a ``Ci × Ci`` matrix). For each order this times,
+on an FPN-P3-sized level, forward + backward of
+
+* ``attention``: the product alone (:func:`~kdforge.losses.cankd.cross_nonlocal_attention`
+  on ``θ`` of ``N × Ci × H × W`` and pooled ``φ``, ``g`` of ``N × Ci × H/2 × W/2``, all
+  requiring grad), and
+* ``loss``: one whole :class:`~kdforge.losses.cankd.CanKDLoss` (its 1×1 convolutions,
+  pooling, BN, instance norm and MSE included; student map requires grad, teacher map
+  does not, as in training),
+
+and measures the peak memory of each:
 
 * **time**: median (and minimum) of ``--repeats`` rounds after ``--warmup`` untimed ones;
-* **peak memory**, CPU: each order runs in its own fresh subprocess; the resident-set
-  high-water mark (``getrusage(RUSAGE_SELF).ru_maxrss``) is read after the inputs and the
-  loss module exist and again after the first forward + backward; the difference is what
+* **peak memory**, CPU: each case runs in its own fresh subprocess; the resident-set
+  high-water mark (Linux ``VmHWM``, :func:`kdforge.bench.peak_rss_kb`) is read after the
+  inputs and the module exist and again after the first forward + backward; the difference is what
   that step needed on top (allocator caching and the one-off thread-pool start-up
   included, a few MB). CUDA: ``torch.cuda.max_memory_allocated`` over the same step minus
   the memory allocated before it.
@@ -25,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,7 +40,10 @@ import time
 import torch
 from torch import nn
 
-from kdforge.losses.cankd import PRODUCTS, CanKDLoss
+from kdforge.bench import peak_rss_kb
+from kdforge.losses.cankd import PRODUCTS, CanKDLoss, cross_nonlocal_attention
+
+SCOPES = ("attention", "loss")
 
 
 def _sync(device: torch.device) -> None:
@@ -45,24 +54,39 @@ def _sync(device: torch.device) -> None:
 def _peak_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return peak_rss_kb() * 1024
 
 
-def measure(product: str, args: argparse.Namespace) -> dict[str, float]:
+def _inputs(scope: str, product: str, args: argparse.Namespace, device: torch.device):
+    """``(module, inputs that require grad, call)`` of one case."""
+    torch.manual_seed(0)
+    shape = (args.batch, args.channels, args.height, args.width)
+    if scope == "attention":
+        ci = args.channels // 2
+        query = torch.randn(args.batch, ci, args.height, args.width, device=device)
+        pooled = (args.batch, ci, args.height // 2, args.width // 2)
+        key, value = torch.randn(pooled, device=device), torch.randn(pooled, device=device)
+        leaves = [t.requires_grad_() for t in (query, key, value)]
+        return None, leaves, lambda: cross_nonlocal_attention(*leaves, product).square().mean()
+    loss_fn = CanKDLoss(args.channels, loss_weight=10.0, product=product).to(device)
+    nn.init.normal_(loss_fn.non_local_att.W[1].weight, std=0.1)  # attention branch on
+    student = torch.randn(shape, device=device, requires_grad=True)
+    teacher = torch.randn(shape, device=device)
+    return loss_fn, [student], lambda: loss_fn(student, teacher)
+
+
+def measure(scope: str, product: str, args: argparse.Namespace) -> dict[str, float]:
     """Peak extra memory of the first forward + backward, then the timed rounds."""
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    loss_fn = CanKDLoss(args.channels, loss_weight=10.0, product=product).to(device)
-    nn.init.normal_(loss_fn.non_local_att.W[1].weight, std=0.1)  # attention branch on
-    shape = (args.batch, args.channels, args.height, args.width)
-    student = torch.randn(shape, device=device, requires_grad=True)
-    teacher = torch.randn(shape, device=device)
+    module, leaves, call = _inputs(scope, product, args, device)
 
     def step() -> None:
-        loss_fn(student, teacher).backward()
-        student.grad = None
-        loss_fn.zero_grad(set_to_none=True)
+        call().backward()
+        for leaf in leaves:
+            leaf.grad = None
+        if module is not None:
+            module.zero_grad(set_to_none=True)
         _sync(device)
 
     _sync(device)
@@ -93,37 +117,40 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds after the first")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--only", choices=PRODUCTS, help=argparse.SUPPRESS)  # the subprocess
+    parser.add_argument("--only", nargs=2, help=argparse.SUPPRESS)  # the subprocess
     args = parser.parse_args()
     if args.only:
-        print(json.dumps(measure(args.only, args)))
+        print(json.dumps(measure(*args.only, args)))
         return
 
     shape = f"{args.batch}x{args.channels}x{args.height}x{args.width}"
     print(
-        f"CanKDLoss forward + backward, {shape}, {args.device}, {args.threads} threads, "
+        f"CanKD forward + backward, {shape}, {args.device}, {args.threads} threads, "
         f"{args.repeats} rounds after {args.warmup} + 1; torch {torch.__version__}, "
         f"{platform.machine()}, {platform.processor() or platform.platform()}"
     )
     results = {}
-    for product in PRODUCTS:  # one fresh process each: a clean high-water mark
-        out = subprocess.run(
-            [sys.executable, __file__, *sys.argv[1:], "--only", product],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        results[product] = json.loads(out.stdout.strip().splitlines()[-1])
-    print("\n| order | median | min | peak extra memory |\n|---|---|---|---|")
-    for product, r in results.items():
+    for scope in SCOPES:
+        for product in PRODUCTS:  # one fresh process each: a clean high-water mark
+            out = subprocess.run(
+                [sys.executable, __file__, *sys.argv[1:], "--only", scope, product],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            results[scope, product] = json.loads(out.stdout.strip().splitlines()[-1])
+    print("\n| scope | order | median | min | peak extra memory |\n|---|---|---|---|---|")
+    for (scope, product), r in results.items():
         print(
-            f"| {product} | {r['median_s']:.2f} s | {r['min_s']:.2f} s | {r['peak_mib']:.0f} MiB |"
+            f"| {scope} | {product} | {r['median_s'] * 1e3:.0f} ms | {r['min_s'] * 1e3:.0f} ms "
+            f"| {r['peak_mib']:.0f} MiB |"
         )
-    fast, slow = results["reordered"], results["affinity"]
-    print(
-        f"\nreordered / affinity: time {fast['median_s'] / slow['median_s']:.2f}, "
-        f"memory {fast['peak_mib'] / max(slow['peak_mib'], 1e-9):.2f}"
-    )
+    for scope in SCOPES:
+        fast, slow = results[scope, "reordered"], results[scope, "affinity"]
+        print(
+            f"{scope}: affinity / reordered time {slow['median_s'] / fast['median_s']:.1f}x, "
+            f"memory {slow['peak_mib'] / max(fast['peak_mib'], 1e-9):.1f}x"
+        )
 
 
 if __name__ == "__main__":

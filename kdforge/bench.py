@@ -59,7 +59,7 @@ from kdforge.losses import (
 )
 from kdforge.models import create_model
 
-__all__ = ["CASES", "GROUPS", "main", "run_bench"]
+__all__ = ["CASES", "GROUPS", "main", "peak_rss_kb", "run_bench"]
 
 
 @dataclass(frozen=True)
@@ -201,12 +201,12 @@ def peak_memory_mb(case: Case, device: torch.device) -> float:
         before = torch.cuda.memory_allocated(device)
         step(), step()
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    before = _high_water_kb()
+    before = peak_rss_kb()
     step(), step()
-    return (_high_water_kb() - before) / 1024
+    return (peak_rss_kb() - before) / 1024
 
 
-def _high_water_kb() -> int:
+def peak_rss_kb() -> int:
     """This process's peak resident set in kB. Linux's ``VmHWM`` is per address space;
     ``ru_maxrss`` would carry the parent's peak over fork + exec."""
     status = Path("/proc/self/status")
