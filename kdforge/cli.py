@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval",
         help="evaluate a checkpoint on the validation set",
-        description="Top-1/top-5 of the student (or teacher) of a recipe.",
+        description="The student's (or teacher's) validation metrics: top-1/top-5, COCO box AP "
+        "or mIoU, by the recipe's task.",
     )
     p.add_argument("config", help="recipe YAML")
     p.add_argument(
@@ -291,27 +292,18 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from kdforge.analysis._common import load_model, task_of, validation_loader
     from kdforge.config import load_config
-    from kdforge.engine.build import build_loaders, build_model
-    from kdforge.engine.distributed import init_distributed
-    from kdforge.engine.tasks import TASKS
-    from kdforge.models import read_state_dict
 
     cfg = load_config(args.config, args.overrides)
+    task = task_of(cfg)
+    val_loader, device = validation_loader(cfg)
+    model = load_model(cfg, args.model, args.checkpoint, val_loader.dataset.num_classes)
+    metrics = task.evaluate(model.to(device), val_loader, device, None, cfg.train.max_eval_batches)
     model_cfg = cfg[args.model]
-    if model_cfg.name is None:
-        raise SystemExit(f"the recipe has no {args.model}")
-    task = TASKS[cfg.task]
-    dist = init_distributed(cfg.train.device)
-    _, val_loader, num_classes = build_loaders(cfg.data, dist, cfg.train.seed, task)
-    model_cfg.pretrained = None
-    model = build_model(model_cfg, num_classes)
-    model.load_state_dict(read_state_dict(args.checkpoint))
-    metrics = task.evaluate(
-        model.to(dist.device), val_loader, dist.device, None, cfg.train.max_eval_batches
-    )
     shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-    print(f"{model_cfg.name} ({args.checkpoint}) on {metrics['count']} images: {shown}")
+    counted = "labelled pixels" if cfg.task == "segmentation" else "images"
+    print(f"{model_cfg.name} ({args.checkpoint}) on {metrics['count']} {counted}: {shown}")
     if "table" in metrics:  # segmentation: the per-class IoU table
         print(metrics["table"])
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from kdforge.cli import main
 from kdforge.config import load_config
 from kdforge.data.shapes import SEMANTIC_CLASSES, write_shapes_dataset
 from kdforge.engine.build import build_trainer
@@ -16,7 +17,7 @@ def shapes_root(tmp_path_factory):
     return root
 
 
-def test_segmentor_distils_backbone_features_and_reports_miou(shapes_root, tmp_path):
+def test_segmentor_distils_backbone_features_and_reports_miou(shapes_root, tmp_path, capsys):
     classes = "[" + ", ".join(SEMANTIC_CLASSES) + "]"
     overrides = [
         "task=segmentation",
@@ -48,6 +49,13 @@ def test_segmentor_distils_backbone_features_and_reports_miou(shapes_root, tmp_p
     train = [r for r in records if r["kind"] == "train"]
     assert {"segmentation.decode", "segmentation.aux", "hint"} <= set(train[-1])
     assert train[-1]["step"] == 2
+    # kdforge eval reads the run's checkpoint and reports the same mIoU
+    capsys.readouterr()
+    run = tmp_path / "seg"
+    main(["eval", str(run / "config.yaml"), "--checkpoint", str(run / "best.pt")])
+    printed = capsys.readouterr().out
+    assert f"on {metrics['count']} labelled pixels: mIoU {metrics['mIoU']:.4g}" in printed
+    assert metrics["table"] in printed  # the per-class IoU table
 
 
 def test_teacher_with_no_skill_is_refused(shapes_root, tmp_path):
