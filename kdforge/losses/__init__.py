@@ -5,7 +5,7 @@ from kdforge.losses._cakd_modules import (
     PartialCrossAttentionProjector,
     PatchDiscriminator,
 )
-from kdforge.losses.base import DistillBatch, LossTerm
+from kdforge.losses.base import DistillBatch, LayerPairTerm, LossTerm
 from kdforge.losses.cakd import CAKDLoss, cakd_ramp
 from kdforge.losses.cankd import CanKD, CanKDAlignLoss, CanKDLoss, init_student_from_teacher
 from kdforge.losses.cat_kd import (
@@ -67,6 +67,7 @@ __all__ = [
     "FitNetLoss",
     "GroupLinearProjector",
     "KDLoss",
+    "LayerPairTerm",
     "LossTerm",
     "PKDLoss",
     "PartialCrossAttentionProjector",

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DistillBatch", "LossTerm", "ShapeTree", "describe_mismatch", "shape_tree"]
+__all__ = [
+    "DistillBatch",
+    "LayerPairTerm",
+    "LossTerm",
+    "ShapeTree",
+    "describe_mismatch",
+    "shape_tree",
+]
 
 ShapeTree = Any  # torch.Size, or a list/tuple/dict of them, mirroring a tapped value
 
@@ -100,6 +108,34 @@ class LossTerm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"weight={self.weight:g}"
+
+
+class LayerPairTerm(LossTerm):
+    """A term on paired layers: student path ``i`` is compared with teacher path ``i``
+    (PKD, MGD, CanKD); ``teacher_layers`` defaults to the student's paths."""
+
+    def __init__(
+        self,
+        weight: float,
+        student_layers: Sequence[str],
+        teacher_layers: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(weight)
+        self.student_layers = list(student_layers)
+        self.teacher_layers = list(student_layers if teacher_layers is None else teacher_layers)
+        if len(self.student_layers) != len(self.teacher_layers) or not self.student_layers:
+            raise ValueError(
+                f"{type(self).__name__}: {len(self.student_layers)} student layers and "
+                f"{len(self.teacher_layers)} teacher layers; give one or more pairs"
+            )
+
+    @property
+    def student_taps(self) -> list[str]:
+        return self.student_layers
+
+    @property
+    def teacher_taps(self) -> list[str]:
+        return self.teacher_layers
 
 
 def describe_mismatch(

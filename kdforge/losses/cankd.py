@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdforge.losses.base import DistillBatch, LossTerm, ShapeTree, describe_mismatch
+from kdforge.losses.base import DistillBatch, LayerPairTerm, ShapeTree, describe_mismatch
 
 __all__ = [
     "CanKD",
@@ -205,7 +205,7 @@ def init_student_from_teacher(
     return list(copied)
 
 
-class CanKD(LossTerm):
+class CanKD(LayerPairTerm):
     """CanKD term: one independent :class:`CanKDLoss` per tapped level, summed by the trainer.
 
     Detection (official ``nlkdIN_*`` configs): FPN levels 0–3 on both nets
@@ -241,11 +241,7 @@ class CanKD(LossTerm):
         product: str = "reordered",
         init_from_teacher: Sequence[str] = (),
     ) -> None:
-        super().__init__(weight)
-        self.student_layers = list(student_layers)
-        self.teacher_layers = list(teacher_layers or student_layers)
-        if len(self.teacher_layers) != len(self.student_layers) or not self.student_layers:
-            raise ValueError("cankd: give as many teacher_layers as student_layers (at least 1)")
+        super().__init__(weight, student_layers, teacher_layers)
         if connector not in ("auto", "conv1x1", "none"):
             raise ValueError(f"connector must be 'auto', 'conv1x1' or 'none', got {connector!r}")
         if product not in PRODUCTS:
@@ -254,14 +250,6 @@ class CanKD(LossTerm):
         self.init_from_teacher = list(init_from_teacher)
         self.connectors = nn.ModuleList()
         self.levels = nn.ModuleList()
-
-    @property
-    def student_taps(self) -> list[str]:
-        return self.student_layers
-
-    @property
-    def teacher_taps(self) -> list[str]:
-        return self.teacher_layers
 
     def attach(self, student: nn.Module, teacher: nn.Module | None) -> None:
         if self.init_from_teacher and teacher is not None:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from kdforge.losses.base import DistillBatch, LossTerm, ShapeTree, describe_mismatch
+from kdforge.losses.base import DistillBatch, LayerPairTerm, ShapeTree, describe_mismatch
 from kdforge.losses.cankd import init_student_from_teacher
 
 __all__ = ["MGD", "MGDConnector", "mgd_loss", "mgd_mask"]
@@ -76,7 +76,7 @@ class MGDConnector(nn.Module):
         return self.generation(feature * mgd_mask(feature, self.lambda_mgd))
 
 
-class MGD(LossTerm):
+class MGD(LayerPairTerm):
     """MGD term: one :class:`MGDConnector` per tapped level, ``Σ_levels mgd_loss``.
 
     Usable on FPN levels (``neck.fpn_convs.0..4``, equal channels) and on segmentation
@@ -105,22 +105,10 @@ class MGD(LossTerm):
         lambda_mgd: float = 0.65,
         init_from_teacher: Sequence[str] = (),
     ) -> None:
-        super().__init__(alpha_mgd)
-        self.student_layers = list(student_layers)
-        self.teacher_layers = list(teacher_layers or student_layers)
-        if len(self.teacher_layers) != len(self.student_layers) or not self.student_layers:
-            raise ValueError("mgd: give as many teacher_layers as student_layers (at least 1)")
+        super().__init__(alpha_mgd, student_layers, teacher_layers)
         self.lambda_mgd = lambda_mgd
         self.init_from_teacher = list(init_from_teacher)
         self.connectors = nn.ModuleList()
-
-    @property
-    def student_taps(self) -> list[str]:
-        return self.student_layers
-
-    @property
-    def teacher_taps(self) -> list[str]:
-        return self.teacher_layers
 
     def attach(self, student: nn.Module, teacher: nn.Module | None) -> None:
         if self.init_from_teacher and teacher is not None:

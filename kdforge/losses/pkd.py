@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdforge.losses.base import DistillBatch, LossTerm, ShapeTree, describe_mismatch
+from kdforge.losses.base import DistillBatch, LayerPairTerm, ShapeTree, describe_mismatch
 
 __all__ = ["PKDLoss", "pkd_loss"]
 
@@ -50,7 +50,7 @@ def pkd_loss(student_feat: Tensor, teacher_feat: Tensor, resize_student: bool = 
     return F.mse_loss(_standardise(student_feat), _standardise(teacher_feat)) / 2
 
 
-class PKDLoss(LossTerm):
+class PKDLoss(LayerPairTerm):
     """``weight · sum_l PKD(S_l, T_l)`` over pairs of student/teacher feature maps.
 
     Args:
@@ -71,23 +71,8 @@ class PKDLoss(LossTerm):
         teacher_layers: Sequence[str] | None = None,
         resize_student: bool = True,
     ) -> None:
-        super().__init__(weight)
-        self.student_layers = list(student_layers)
-        self.teacher_layers = list(student_layers if teacher_layers is None else teacher_layers)
-        if len(self.student_layers) != len(self.teacher_layers) or not self.student_layers:
-            raise ValueError(
-                f"pkd: {len(self.student_layers)} student layers and "
-                f"{len(self.teacher_layers)} teacher layers; give one or more pairs"
-            )
+        super().__init__(weight, student_layers, teacher_layers)
         self.resize_student = resize_student
-
-    @property
-    def student_taps(self) -> list[str]:
-        return self.student_layers
-
-    @property
-    def teacher_taps(self) -> list[str]:
-        return self.teacher_layers
 
     def build(
         self, student_shapes: dict[str, ShapeTree], teacher_shapes: dict[str, ShapeTree]

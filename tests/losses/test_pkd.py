@@ -78,3 +78,10 @@ def test_pkd_checks() -> None:
     term = PKDLoss(student_layers=["x"], teacher_layers=["y"])
     with pytest.raises(ValueError, match="same channels"):
         term.build({"x": torch.Size([2, 8, 4, 4])}, {"y": torch.Size([2, 16, 4, 4])})
+
+
+def test_layer_pairs_must_match_in_number() -> None:
+    with pytest.raises(ValueError, match="PKDLoss: 2 student layers and 1 teacher layers"):
+        PKDLoss(student_layers=["a", "b"], teacher_layers=["a"])
+    term = PKDLoss(student_layers=["layer1", "layer2"])  # teacher paths default to the same
+    assert term.student_taps == term.teacher_taps == ["layer1", "layer2"]
