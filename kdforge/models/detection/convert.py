@@ -15,9 +15,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
+from kdforge.models._convert import match_state_dict, unwrap_checkpoint
 from kdforge.models._registry import list_models
 from kdforge.models.factory import create_model
 
@@ -28,19 +28,9 @@ _HEAD_KINDS = {"retina_cls": "retinanet", "conv_cls": "fcos", "atss_cls": "atss"
 _OPTIONAL = ("num_batches_tracked", "bbox_head.integral.project")
 
 
-def _unwrap(path_or_state: str | Path | dict[str, Any]) -> dict[str, Tensor]:
-    state = path_or_state
-    if not isinstance(state, dict):
-        state = torch.load(Path(path_or_state), map_location="cpu", weights_only=False)
-    if isinstance(state.get("state_dict"), dict):  # {"meta", "state_dict", "optimizer"}
-        state = state["state_dict"]
-    out = {}
-    for key, value in state.items():
-        key = key.removeprefix("module.")
-        key = re.sub(r"^bbox_head\.fcos_(cls|reg|centerness)\.", r"bbox_head.conv_\1.", key)
-        if isinstance(value, Tensor):
-            out[key] = value
-    return out
+def _rename(key: str) -> str:
+    """mmdetection's old FCOS predictor names (``fcos_cls``) to the current ``conv_cls``."""
+    return re.sub(r"^bbox_head\.fcos_(cls|reg|centerness)\.", r"bbox_head.conv_\1.", key)
 
 
 def _count(state: dict[str, Tensor], pattern: str) -> int:
@@ -117,26 +107,8 @@ def convert_mmdet_checkpoint(
         ValueError: listing the checkpoint keys that match nothing, the model keys left
             without a value and the shape mismatches.
     """
-    state = _unwrap(path_or_state)
+    state = unwrap_checkpoint(path_or_state, rename=_rename)
     if model is None:
         name, kwargs = detect_mmdet_model(state)
         model = create_model(name, **kwargs)
-    own = model.state_dict()
-    out = {k: v for k, v in state.items() if k in own}
-    unmatched = sorted(k for k in state if k not in own)
-    for key, value in own.items():
-        if key not in out and key.endswith(_OPTIONAL):
-            out[key] = value.clone()
-    missing = [k for k in own if k not in out]
-    wrong = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in out.items()
-        if v.shape != own[k].shape
-    ]
-    if unmatched or missing or wrong:
-        lines = [f"mmdetection checkpoint does not match {type(model).__name__}:"]
-        for title, keys in (("unmatched", unmatched), ("missing", missing), ("shape", wrong)):
-            if keys:
-                lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys))
-        raise ValueError("\n".join(lines))
-    return out
+    return match_state_dict(state, model, "mmdetection", _OPTIONAL)

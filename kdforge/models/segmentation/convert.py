@@ -14,9 +14,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
+from kdforge.models._convert import match_state_dict, unwrap_checkpoint
 from kdforge.models.factory import create_model
 
 __all__ = ["convert_mmseg_checkpoint", "detect_mmseg_model"]
@@ -26,24 +26,6 @@ _HEAD_KINDS = {
     "decode_head.aspp_modules.0.conv.weight": "deeplabv3",
 }
 _DEPTHS = {(2, False): 18, (6, True): 50, (23, True): 101}  # (layer3 blocks, bottleneck)
-
-
-def _unwrap(path_or_state: str | Path | dict[str, Any], prefix: str) -> dict[str, Tensor]:
-    state = path_or_state
-    if not isinstance(state, dict):
-        state = torch.load(Path(path_or_state), map_location="cpu", weights_only=False)
-    if isinstance(state.get("state_dict"), dict):  # {"meta", "state_dict", "optimizer"}
-        state = state["state_dict"]
-    out = {}
-    for key, value in state.items():
-        key = key.removeprefix("module.")
-        if prefix:
-            if not key.startswith(prefix):
-                continue
-            key = key[len(prefix) :]
-        if isinstance(value, Tensor):
-            out[key] = value
-    return out
 
 
 def detect_mmseg_model(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
@@ -91,26 +73,8 @@ def convert_mmseg_checkpoint(
         ValueError: listing the checkpoint keys that match nothing, the model keys left
             without a value and the shape mismatches.
     """
-    state = _unwrap(path_or_state, prefix)
+    state = unwrap_checkpoint(path_or_state, prefix)
     if model is None:
         name, kwargs = detect_mmseg_model(state)
         model = create_model(name, **kwargs)
-    own = model.state_dict()
-    out = {k: v for k, v in state.items() if k in own}
-    unmatched = sorted(k for k in state if k not in own)
-    for key, value in own.items():
-        if key not in out and key.endswith("num_batches_tracked"):
-            out[key] = value.clone()
-    missing = [k for k in own if k not in out]
-    wrong = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in out.items()
-        if v.shape != own[k].shape
-    ]
-    if unmatched or missing or wrong:
-        lines = [f"mmsegmentation checkpoint does not match {type(model).__name__}:"]
-        for title, keys in (("unmatched", unmatched), ("missing", missing), ("shape", wrong)):
-            if keys:
-                lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys))
-        raise ValueError("\n".join(lines))
-    return out
+    return match_state_dict(state, model, "mmsegmentation", ("num_batches_tracked",))

@@ -1,0 +1,77 @@
+"""What the OpenMMLab checkpoint converters share: unwrapping a checkpoint and matching it
+key by key against the model it should load into."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["match_state_dict", "unwrap_checkpoint"]
+
+
+def unwrap_checkpoint(
+    path_or_state: str | Path | dict[str, Any],
+    prefix: str = "",
+    rename: Callable[[str], str] | None = None,
+) -> dict[str, Tensor]:
+    """The tensors of an OpenMMLab checkpoint, keyed as in its model.
+
+    Args:
+        path_or_state: a ``.pth`` file or its loaded dict; a ``state_dict`` entry (mmengine's
+            ``{"meta", "state_dict", "optimizer"}``) is unwrapped and ``module.`` stripped.
+        prefix: keep only keys starting with it, stripped (``"architecture."`` reads the
+            student of an mmrazor distillation checkpoint).
+        rename: applied to every kept key (old names of renamed layers).
+    """
+    state = path_or_state
+    if not isinstance(state, dict):
+        state = torch.load(Path(path_or_state), map_location="cpu", weights_only=False)
+    if isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if prefix:
+            if not key.startswith(prefix):
+                continue
+            key = key[len(prefix) :]
+        if isinstance(value, Tensor):
+            out[rename(key) if rename else key] = value
+    return out
+
+
+def match_state_dict(
+    state: dict[str, Tensor], model: nn.Module, source: str, optional: Sequence[str] = ()
+) -> dict[str, Tensor]:
+    """``state`` restricted to ``model``'s keys, checked to load strictly.
+
+    Model keys ending with one of ``optional`` (buffers that old checkpoints lack, e.g.
+    ``num_batches_tracked``) are taken from the model when the checkpoint has none.
+
+    Raises:
+        ValueError: naming the ``source`` checkpoint's keys that match nothing, the model
+            keys left without a value and the shape mismatches, with their counts.
+    """
+    own = model.state_dict()
+    out = {k: v for k, v in state.items() if k in own}
+    unmatched = sorted(k for k in state if k not in own)
+    for key, value in own.items():
+        if key not in out and key.endswith(tuple(optional)):
+            out[key] = value.clone()
+    missing = [k for k in own if k not in out]
+    wrong = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in out.items()
+        if v.shape != own[k].shape
+    ]
+    if unmatched or missing or wrong:
+        lines = [f"{source} checkpoint does not match {type(model).__name__}:"]
+        for title, keys in (("unmatched", unmatched), ("missing", missing), ("shape", wrong)):
+            if keys:
+                lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys))
+        raise ValueError("\n".join(lines))
+    return out
