@@ -7,8 +7,16 @@ import json
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
 
-from kdforge.cache import CacheError, ReplayDataset, TeacherCache, check_cache, write_cache
+from kdforge.cache import (
+    CacheError,
+    ReplayDataset,
+    TeacherCache,
+    check_cache,
+    replay_collate,
+    write_cache,
+)
 from kdforge.cache.format import pack_logits
 from kdforge.cli import main
 from kdforge.config import load_config
@@ -63,6 +71,22 @@ def test_replay_gives_the_teacher_its_own_outputs_in_every_epoch(cfg, cache_dir)
     first = replay[3][0]
     replay.set_epoch(1)
     assert not torch.equal(first, replay[3][0])  # fresh augmentations each epoch
+
+
+def test_replay_through_loader_workers_follows_the_epoch(cfg, cache_dir) -> None:
+    replay = ReplayDataset(
+        TASKS["classification"].build_datasets(cfg.data)[0], TeacherCache(cache_dir)
+    )
+    teacher = build_model(cfg.teacher, 10).eval()
+    loader = DataLoader(replay, batch_size=8, num_workers=2, collate_fn=replay_collate)
+    batches = []
+    for epoch in (0, 1):  # workers start per epoch, after set_epoch, as in the trainer
+        replay.set_epoch(epoch)
+        images, stored = next(iter(loader))
+        with torch.no_grad():
+            torch.testing.assert_close(stored.output, teacher(images), rtol=1e-5, atol=1e-5)
+        batches.append(images)
+    assert not torch.equal(*batches)  # the workers saw epoch 1's stored augmentations
 
 
 def test_training_from_the_cache_never_builds_the_teacher(cfg, cache_dir) -> None:
