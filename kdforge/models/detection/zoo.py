@@ -65,6 +65,7 @@ def build_detector(
     norm_requires_grad: bool | None = None,
     backbone_pretrained: str | Path | None = None,
     fpn_channels: int = 256,
+    add_extra_convs: str | None = None,
     groups: int = 1,
     base_width: int = 4,
     **head_kwargs,
@@ -81,6 +82,8 @@ def build_detector(
         frozen_stages, norm_eval: see :class:`ResNetBackbone`.
         backbone_pretrained: a torchvision-keyed ImageNet ResNet/ResNeXt checkpoint.
         fpn_channels: FPN output channels (the head's input channels).
+        add_extra_convs: what P6 is computed from, overriding the detector's default
+            (``"on_input"``, ``"on_lateral"`` or ``"on_output"``; table above).
         **head_kwargs: keyword arguments of the head class (e.g. ``feat_channels``,
             ``stacked_convs``, ``center_sampling``, ``nms_iou``).
     """
@@ -103,7 +106,7 @@ def build_detector(
         fpn_channels,
         start_level=1,
         num_outs=5,
-        add_extra_convs=extra_convs,
+        add_extra_convs=add_extra_convs or extra_convs,
         relu_before_extra_convs=relu_before,
     )
     head = head_cls(num_classes, in_channels=fpn_channels, **head_kwargs)

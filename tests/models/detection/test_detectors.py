@@ -119,6 +119,10 @@ def test_fpn_extra_conv_sources() -> None:
     for kind, (_, _, _, extra, relu) in DETECTORS.items():
         neck = create_model(f"{kind}_r18_fpn", num_classes=3, **SMALL).neck
         assert (neck.add_extra_convs, neck.relu_before_extra_convs) == (extra, relu)
+    # CrossKD's RetinaNet students read P6 from P5 (add_extra_convs="on_output")
+    model = create_model("retinanet_r18_fpn", num_classes=3, add_extra_convs="on_output", **SMALL)
+    assert model.neck.add_extra_convs == "on_output"
+    assert model.neck.fpn_convs[3].conv.in_channels == SMALL["fpn_channels"]
 
 
 def test_detector_loss_and_predict_api() -> None:
