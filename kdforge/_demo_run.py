@@ -20,6 +20,19 @@ def clear_run_dir(run_dir: str | Path) -> None:
     shutil.rmtree(run_dir)
 
 
+def prepare_shapes(
+    out: Path, run: str, num_train: int, num_val: int, image_size: int, seed: int
+) -> Path:
+    """Clear ``out/run`` (only a kdforge run folder) and write the shapes data to
+    ``out/shapes``; return its root."""
+    from kdforge.data.shapes import write_shapes_dataset
+
+    clear_run_dir(out / run)
+    return write_shapes_dataset(
+        out / "shapes", num_train, num_val, (image_size, image_size), seed=seed
+    )
+
+
 @contextmanager
 def cpu_threads(num_threads: int | None) -> Iterator[None]:
     """Run the block on ``num_threads`` torch CPU threads (None: unchanged), then restore."""

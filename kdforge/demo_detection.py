@@ -193,15 +193,11 @@ def run_detection_demo(
     Returns:
         What ``results.json`` holds: the set-up, best and final metrics and the curves.
     """
-    from kdforge._demo_run import clear_run_dir, cpu_threads, fit_run
-    from kdforge.data.shapes import write_shapes_dataset
+    from kdforge._demo_run import cpu_threads, fit_run, prepare_shapes
 
     out = Path(out_dir)
-    clear_run_dir(out / RUN)  # start fresh, but only over a kdforge run folder
     epochs = epochs or EPOCHS
-    data_root = write_shapes_dataset(
-        out / "shapes", num_train, num_val, (image_size, image_size), seed=seed
-    )
+    data_root = prepare_shapes(out, RUN, num_train, num_val, image_size, seed)
     print(
         f"kdforge demo --task detection: {DETECTOR} (small head) on {num_train} shapes images "
         f"of {image_size}x{image_size} px, {num_val} for validation; {epochs} epochs; seed "
