@@ -7,7 +7,7 @@ on an FPN-P3-sized level, forward + backward of
 * ``attention``: the product alone (:func:`~kdforge.losses.cankd.cross_nonlocal_attention`
   on ``θ`` of ``N × Ci × H × W`` and pooled ``φ``, ``g`` of ``N × Ci × H/2 × W/2``, all
   requiring grad), and
-* ``loss``: one whole :class:`~kdforge.losses.cankd.CanKDLoss` (its 1×1 convolutions,
+* ``loss``: one whole :class:`~kdforge.losses.cankd.CanKDLevelLoss` (its 1×1 convolutions,
   pooling, BN, instance norm and MSE included; student map requires grad, teacher map
   does not, as in training),
 
@@ -15,7 +15,7 @@ and measures the peak memory of each:
 
 * **time**: median (and minimum) of ``--repeats`` rounds after ``--warmup`` untimed ones;
 * **peak memory**, CPU: each case runs in its own fresh subprocess; the resident-set
-  high-water mark (Linux ``VmHWM``, :func:`kdforge.bench.peak_rss_kb`) is read after the
+  high-water mark (Linux ``VmHWM``, :func:`kdforge.commands.bench.peak_rss_kb`) is read after the
   inputs and the module exist and again after the first forward + backward; the difference is what
   that step needed on top (allocator caching and the one-off thread-pool start-up
   included, a few MB). CUDA: ``torch.cuda.max_memory_allocated`` over the same step minus
@@ -40,8 +40,8 @@ import time
 import torch
 from torch import nn
 
-from kdforge.bench import peak_rss_kb
-from kdforge.losses.cankd import PRODUCTS, CanKDLoss, cross_nonlocal_attention
+from kdforge.commands.bench import peak_rss_kb
+from kdforge.losses.cankd import PRODUCTS, CanKDLevelLoss, cross_nonlocal_attention
 
 SCOPES = ("attention", "loss")
 
@@ -68,7 +68,7 @@ def _inputs(scope: str, product: str, args: argparse.Namespace, device: torch.de
         key, value = torch.randn(pooled, device=device), torch.randn(pooled, device=device)
         leaves = [t.requires_grad_() for t in (query, key, value)]
         return None, leaves, lambda: cross_nonlocal_attention(*leaves, product).square().mean()
-    loss_fn = CanKDLoss(args.channels, loss_weight=10.0, product=product).to(device)
+    loss_fn = CanKDLevelLoss(args.channels, weight=10.0, product=product).to(device)
     nn.init.normal_(loss_fn.non_local_att.W[1].weight, std=0.1)  # attention branch on
     student = torch.randn(shape, device=device, requires_grad=True)
     teacher = torch.randn(shape, device=device)

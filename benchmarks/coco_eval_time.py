@@ -1,4 +1,4 @@
-"""Time of the COCO bbox evaluator (``kdforge.engine.coco_eval.evaluate_coco``).
+"""Time of the COCO bbox evaluator (``kdforge.engine.eval.detection.evaluate_coco``).
 
 Writes the shapes generator's validation set (500 images by default), makes 100 detections
 per image (each ground-truth box jittered a few times, the rest random boxes, random scores
@@ -24,7 +24,7 @@ import torch
 
 from kdforge.data.coco import CocoDetection
 from kdforge.data.shapes import write_shapes_dataset
-from kdforge.engine.coco_eval import evaluate_coco
+from kdforge.engine.eval.detection import evaluate_coco
 
 
 def _predictions(ds: CocoDetection, per_image: int, seed: int) -> list[dict]:

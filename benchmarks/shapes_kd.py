@@ -1,8 +1,8 @@
 """CrossKD and CanKD against the student alone on the generated shapes data (CPU, minutes).
 
 The set-ups of ``kdforge demo --task detection`` and ``--task segmentation`` (same models,
-data generator, recipes and CPU thread; ``kdforge/demo_detection.py`` and
-``kdforge/demo_segmentation.py`` say why), shortened so that all seven runs fit in about
+data generator, recipes and CPU thread; ``kdforge/commands/demo/detection.py``
+and ``segmentation.py`` say why), shortened so that all seven runs fit in about
 20 minutes of one CPU thread:
 
 * **detection** (``gfl_r18_fpn`` with a 64-channel FPN and a 2-conv head, from scratch;
@@ -32,12 +32,12 @@ import argparse
 import json
 from pathlib import Path
 
-from kdforge._demo_run import clear_run_dir, cpu_threads, fit_run
+from kdforge.commands.demo.detection import detection_demo_overrides
+from kdforge.commands.demo.detection import read_curves as read_detection_curves
+from kdforge.commands.demo.runs import clear_run_dir, cpu_threads, fit_run
+from kdforge.commands.demo.segmentation import read_curves as read_segmentation_curves
+from kdforge.commands.demo.segmentation import segmentation_demo_overrides
 from kdforge.data.shapes import write_shapes_dataset
-from kdforge.demo_detection import detection_demo_overrides
-from kdforge.demo_detection import read_log as read_detection_log
-from kdforge.demo_segmentation import read_log as read_segmentation_log
-from kdforge.demo_segmentation import segmentation_demo_overrides
 
 FPN4 = "[neck.fpn_convs.0, neck.fpn_convs.1, neck.fpn_convs.2, neck.fpn_convs.3]"
 DET_TERMS = {
@@ -47,11 +47,11 @@ DET_TERMS = {
 SEG_TERMS = {"cankd": "{student_layers: [backbone.layer4], weight: 10.0}"}
 
 
-def _run(name: str, overrides: list[str], out: Path, metric: str, read_log) -> dict:
+def _run(name: str, overrides: list[str], out: Path, metric: str, read_curves) -> dict:
     """Train one run (``out/name``) and summarise its best and final ``metric``."""
     clear_run_dir(out / name)
     trainer, final, seconds = fit_run([*overrides, f"train.name={name}"], name)
-    curves = read_log(trainer.run_dir)
+    curves = read_curves(trainer.run_dir)
     best = max(range(len(curves[metric])), key=curves[metric].__getitem__)
     scale = 100.0 if metric == "AP" else 1.0  # COCO AP is a fraction, mIoU a percentage
     result = {
@@ -76,7 +76,7 @@ def detection(out: Path, args: argparse.Namespace) -> list[dict]:
         detection_demo_overrides(root, out, args.det_teacher_epochs, args.seed),
         out,
         "AP",
-        read_detection_log,
+        read_detection_curves,
     )
     results = [teacher]
     best_teacher = out / "teacher" / "best.pt"
@@ -84,7 +84,7 @@ def detection(out: Path, args: argparse.Namespace) -> list[dict]:
         extra = [] if term is None else [f"loss.{name}={term}"]
         kd = {"teacher": best_teacher} if term else {}
         overrides = detection_demo_overrides(root, out, args.det_epochs, args.seed, **kd)
-        results.append(_run(name, [*overrides, *extra], out, "AP", read_detection_log))
+        results.append(_run(name, [*overrides, *extra], out, "AP", read_detection_curves))
     return results
 
 
@@ -97,7 +97,7 @@ def segmentation(out: Path, args: argparse.Namespace) -> list[dict]:
             segmentation_demo_overrides(root, out, args.seg_teacher_epochs, args.seed),
             out,
             "mIoU",
-            read_segmentation_log,
+            read_segmentation_curves,
         )
     ]
     best_teacher = out / "teacher" / "best.pt"
@@ -105,7 +105,7 @@ def segmentation(out: Path, args: argparse.Namespace) -> list[dict]:
         extra = [] if term is None else [f"loss.{name}={term}"]
         kd = {"teacher": best_teacher} if term else {}
         overrides = segmentation_demo_overrides(root, out, args.seg_epochs, args.seed, **kd)
-        results.append(_run(name, [*overrides, *extra], out, "mIoU", read_segmentation_log))
+        results.append(_run(name, [*overrides, *extra], out, "mIoU", read_segmentation_curves))
     return results
 
 

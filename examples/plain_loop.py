@@ -63,8 +63,8 @@ def main() -> None:
         teacher,
         student,
         {
-            "ce": CrossEntropyLoss(0.1),
-            "kd": KDLoss(0.9, temperature=4.0),
+            "ce": CrossEntropyLoss(weight=0.1),
+            "kd": KDLoss(weight=0.9, temperature=4.0),
             "hint": FitNetLoss("layer2", "block2", weight=1.0),  # connector built by the probe
         },
         example_input=torch.zeros(2, 3, 16, 16),

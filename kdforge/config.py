@@ -14,11 +14,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from kdforge.errors import ConfigError
+
 __all__ = ["Config", "ConfigError", "load_config", "save_config"]
-
-
-class ConfigError(ValueError):
-    """A recipe or an override that does not fit the schema."""
 
 
 @dataclass
@@ -99,6 +97,9 @@ class TrainConfig:
     ema_steps: int = 32  # optimizer steps between EMA updates
     sync_bn: bool = False  # SyncBatchNorm in the student under DDP (mmseg recipes)
     compile: bool = False  # torch.compile student and teacher (eager, with a warning, on failure)
+    stop_distillation: int | None = None  # from this epoch (0-based) on, train without the teacher
+    # extra hooks, each {type: package.module.HookClass, **its keyword arguments}
+    hooks: list[Any] = field(default_factory=list)
 
 
 @dataclass

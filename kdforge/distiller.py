@@ -2,99 +2,50 @@
 
 from __future__ import annotations
 
-import contextlib
-import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
+from kdforge.errors import ConfigError
 from kdforge.losses.base import DistillBatch, LossTerm, shape_tree
 from kdforge.taps import FeatureTaps
+from kdforge.teacher import TeacherReplay, TeacherRuntime, compile_or_eager
 
-__all__ = ["TEACHER_DTYPES", "Distiller", "TeacherReplay"]
-
-TEACHER_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class TeacherReplay:
-    """Targets that carry the teacher's stored values (a teacher cache, see kdforge.cache):
-    given as ``targets``, they replace the teacher's forward."""
-
-    targets: Any
-    output: Tensor | None
-    features: dict[str, Any]
-
-    def to(self, device: torch.device) -> TeacherReplay:
-        features = {k: _move(v, device) for k, v in self.features.items()}
-        return TeacherReplay(_move(self.targets, device), _move(self.output, device), features)
-
-
-def _move(value: Any, device: torch.device) -> Any:
-    return value.to(device, non_blocking=True) if isinstance(value, Tensor) else value
-
-
-class _TeacherDone(Exception):
-    """Raised by a hook once every teacher tap has fired: the rest of the forward is skipped."""
-
-
-def _cast_back(value: Any, dtype: torch.dtype | None, contiguous: bool) -> Any:
-    """Floating tensors of ``dtype`` to float32, 4-d ones to the default memory layout."""
-    if isinstance(value, Tensor):
-        if dtype is not None and value.dtype == dtype:
-            value = value.float()
-        return value.contiguous() if contiguous and value.dim() == 4 else value
-    if isinstance(value, (list, tuple)):
-        return type(value)(_cast_back(v, dtype, contiguous) for v in value)
-    if isinstance(value, dict):
-        return {k: _cast_back(v, dtype, contiguous) for k, v in value.items()}
-    return value
+__all__ = ["Distiller"]
 
 
 class Distiller(nn.Module):
     """Run teacher and student on the same inputs and compute every loss term.
 
-    The teacher is frozen here (``requires_grad_(False)``, eval mode that survives
-    ``train()``) and runs under ``torch.no_grad()``. Everything trainable — the student
-    and the terms' connectors — is in this module, so ``[p for p in
-    distiller.parameters() if p.requires_grad]`` is what the optimizer receives.
+    The teacher is frozen (``requires_grad_(False)``, eval mode that survives ``train()``)
+    and run by a :class:`~kdforge.teacher.TeacherRuntime` without autograd. Everything
+    trainable, the student and the terms' connectors, is in this module, so ``[p for p in
+    distiller.parameters() if p.requires_grad]`` is what the optimizer receives, and
+    :meth:`trainable_module` is what DistributedDataParallel wraps.
 
     Shapes are probed once, on the first batch (or on ``example_input``): each term's
     ``build`` checks them and creates its connectors. Terms that create parameters need
-    that probe before the optimizer is made: pass ``example_input`` or call
-    :meth:`probe`.
-
-    The teacher's cost can be cut without changing what the terms compute (see
-    ``benchmarks/README.md`` for what each option saves):
-
-    * ``teacher_inference_mode``: run it under ``torch.inference_mode()`` instead of
-      ``torch.no_grad()`` when no term sets ``needs_teacher_autograd``;
-    * ``teacher_dtype``: run it under autocast in bfloat16/float16 (its weights stay
-      float32); its outputs are handed to the terms as float32 (bf16: losses within about
-      1 % of float32);
-    * ``teacher_channels_last``: convert it and its input to channels-last (a GPU
-      speed-up); 4-d outputs are handed on in the default layout;
-    * ``truncate_teacher``: stop its forward once every tapped module has run, e.g. skip a
-      classifier's head or a detector's head for feature terms; allowed only when no
-      term sets ``needs_teacher_output`` (``batch.teacher_output`` is then None).
+    that probe before the optimizer is made: pass ``example_input`` or call :meth:`probe`.
 
     Args:
         teacher: the teacher model, or None to train the student alone.
         student: the student model.
         terms: ``{name: LossTerm}``; the names label the returned losses.
         example_input: a batch of inputs to probe shapes with at construction.
-        teacher_inference_mode: see above (on by default; it falls back to no_grad).
-        teacher_dtype: "float32", "bfloat16" or "float16".
-        teacher_channels_last: see above.
-        truncate_teacher: see above.
+        teacher_inference_mode: run the teacher under ``torch.inference_mode()`` when no
+            term sets ``needs_teacher_autograd`` (on by default; else ``no_grad``).
+        teacher_dtype: "float32", "bfloat16" or "float16" (autocast of the teacher).
+        teacher_channels_last: channels-last teacher and input.
+        truncate_teacher: stop the teacher once every tapped module has run; allowed only
+            when no term reads the teacher's output (``batch.teacher_output`` is None).
         cached_teacher: there is no teacher model: each batch's ``targets`` is a
-            :class:`TeacherReplay` holding the teacher's stored output and features.
+            :class:`~kdforge.teacher.TeacherReplay` holding the stored output and features.
 
-    ``forward(inputs, targets)`` returns ``(student_output, {name: weighted loss})``.
+    ``forward(inputs, targets)`` returns ``(student_output, {name: weighted loss})``. With
+    :attr:`distilling` False (see ``StopDistillationHook``) only the terms that need no
+    teacher are computed and the teacher does not run.
     """
 
     def __init__(
@@ -111,48 +62,42 @@ class Distiller(nn.Module):
     ) -> None:
         super().__init__()
         if not terms:
-            raise ValueError(
+            raise ConfigError(
                 "a Distiller needs at least one loss term, e.g. {'ce': CrossEntropyLoss()}"
             )
         needy = {name: term for name, term in terms.items() if term.needs_teacher}
         if teacher is None and needy and not cached_teacher:
-            raise ValueError(f"loss terms {list(needy)} need a teacher, but teacher is None")
-        if teacher_dtype not in TEACHER_DTYPES:
-            raise ValueError(
-                f"teacher dtype must be one of {list(TEACHER_DTYPES)}, got {teacher_dtype!r}"
+            raise ConfigError(
+                f"loss terms {list(needy)} need a teacher, but there is none (set teacher.name)"
             )
-        autograd = [n for n, t in needy.items() if t.needs_teacher_autograd]
-        self.teacher_inference_mode = teacher_inference_mode and not autograd
-        self.teacher_dtype = TEACHER_DTYPES[teacher_dtype]
-        self.teacher_channels_last = teacher_channels_last
-        self.truncate_teacher = truncate_teacher
-        self._stop_counts: dict[str, int] | None = None  # tap calls of one full forward
-        self._stop_handles: list[RemovableHandle] = []
-        self._truncating = False  # the stop hooks act only inside _run_teacher
-        self._compiled: dict[str, Callable[..., Any]] = {}  # role -> torch.compile'd model
-        self.cached_teacher = cached_teacher
-        self._replay: TeacherReplay | None = None  # this batch's stored teacher values
         self.student = student
         self.terms = nn.ModuleDict(terms)
-        self.teacher = teacher
-        if teacher is not None:
-            teacher.requires_grad_(False)
-            teacher.eval()
-            if teacher_channels_last:
-                teacher.to(memory_format=torch.channels_last)
+        self.teacher = teacher.requires_grad_(False).eval() if teacher is not None else None
         for term in self.terms.values():
             term.attach(student, teacher)
         readers = [n for n, t in needy.items() if t.needs_teacher_output or "" in t.teacher_taps]
         if truncate_teacher and readers:  # after attach: taps may depend on the models
-            raise ValueError(
-                f"truncate_teacher: loss terms {readers} read the teacher's output, so its "
-                "forward cannot stop early; set truncate to false"
+            raise ConfigError(
+                f"teacher.truncate: loss terms {readers} read the teacher's output, so its "
+                "forward cannot stop early; set teacher.truncate=false"
             )
-        self.epoch = 0
+        autograd = [n for n, t in needy.items() if t.needs_teacher_autograd]
+        self.runtime: TeacherRuntime | None = None
+        if teacher is not None:
+            self.runtime = TeacherRuntime(
+                teacher,
+                self._taps("teacher_taps"),
+                inference_mode=teacher_inference_mode and not autograd,
+                dtype=teacher_dtype,
+                channels_last=teacher_channels_last,
+                truncate=truncate_teacher,
+            )
+        self.cached_teacher = cached_teacher
         self.student_taps = FeatureTaps(student, self._taps("student_taps"))
-        self.teacher_taps = (
-            FeatureTaps(teacher, self._taps("teacher_taps")) if teacher is not None else None
-        )
+        self.epoch = 0
+        self.distilling = True
+        self._compiled: dict[str, Callable[..., Any]] = {}  # the torch.compile'd student
+        self._replay: TeacherReplay | None = None  # this batch's stored teacher values
         self._built = False
         if example_input is not None:
             self.probe(example_input)
@@ -171,6 +116,13 @@ class Distiller(nn.Module):
         """Tell the terms how many epochs are done (for warm-ups and ramps)."""
         self.epoch = epoch
 
+    def trainable_module(self) -> nn.Module:
+        """The module to wrap in DistributedDataParallel: this Distiller's forward over the
+        student and the connectors the main losses train, without the teacher and without
+        auxiliary parameters (they have their own optimizer, which averages their
+        gradients itself)."""
+        return _Trainable(self)
+
     @torch.no_grad()
     def probe(self, example_input: Any, example_targets: Any = None) -> None:
         """Run both models once on ``example_input`` to check shapes and build connectors
@@ -187,6 +139,26 @@ class Distiller(nn.Module):
             self._replay = None
             self.train(was_training)
 
+    def compile_models(self, **options: Any) -> None:
+        """``torch.compile`` the student and teacher forwards (not the loss terms).
+
+        Compiled callables are kept outside the module tree, so parameter names, hooks
+        and checkpoints do not change. A model whose compilation fails runs eagerly, with
+        a warning. ``options`` go to ``torch.compile``. A truncated teacher is not compiled.
+        """
+        self._compiled["student"] = torch.compile(self.student, **options)
+        if self.runtime is not None:
+            self.runtime.compile(**options)
+
+    @property
+    def compiled_models(self) -> list[str]:
+        """The models that run compiled ("student", "teacher"); one whose compilation
+        failed has fallen back to eager and is not listed."""
+        roles = list(self._compiled)
+        if self.runtime is not None:
+            roles += list(self.runtime.compiled)
+        return roles
+
     def _take_replay(self, targets: Any) -> Any:
         """Keep the stored teacher values of a cached-teacher batch; return its targets."""
         if not self.cached_teacher:
@@ -200,101 +172,20 @@ class Distiller(nn.Module):
     def _run_teacher(self, inputs: Any) -> tuple[Any, dict[str, Any]]:
         if self._replay is not None:
             output, features = self._replay.output, self._replay.features
-            return output, features if output is None else {"": output, **features}
-        if self.teacher is None:
+        elif self.runtime is not None and self.distilling:
+            output, features = self.runtime.run(inputs, strict=self.training)
+        else:
             return None, {}
-        if self.teacher_channels_last and isinstance(inputs, Tensor) and inputs.dim() == 4:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        mode = torch.inference_mode() if self.teacher_inference_mode else torch.no_grad()
-        dtype = self.teacher_dtype
-        autocast = contextlib.nullcontext()
-        if dtype is not None:
-            device = next(self.teacher.parameters(), torch.empty(0)).device
-            autocast = torch.autocast(device.type, dtype=dtype)
-        output = None
-        with mode, autocast:
-            self._truncating = self._stop_counts is not None
-            try:
-                output = self._call("teacher", inputs)
-            except _TeacherDone:
-                pass  # every tap has fired; the rest of the forward was not needed
-            finally:
-                self._truncating = False
-        features = self._recorded(self.teacher_taps)
-        if self.truncate_teacher and self._stop_counts is None and output is not None:
-            self._arm_truncation()
-        if dtype is not None or self.teacher_channels_last:  # outside inference mode:
-            output, features = _cast_back((output, features), dtype, self.teacher_channels_last)
-        if output is None:  # truncated
-            return None, features
-        return output, {"": output, **features}  # "" is the output
+        return output, features if output is None else {"": output, **features}  # "": output
 
     def _run_student(self, inputs: Any) -> tuple[Any, dict[str, Any]]:
-        output = self._call("student", inputs)
-        return output, {"": output, **self._recorded(self.student_taps)}
-
-    def _call(self, role: str, inputs: Any) -> Any:
-        """Run the student or teacher, compiled if :meth:`compile_models` compiled it."""
-        compiled = self._compiled.get(role)
-        if compiled is not None:
-            try:
-                return compiled(inputs)
-            except _TeacherDone:
-                raise
-            except Exception as err:  # compilation failed: warn once and stay eager
-                del self._compiled[role]
-                warnings.warn(
-                    f"torch.compile of the {role} failed ({type(err).__name__}: {err}); "
-                    "running it eagerly",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-        return getattr(self, role)(inputs)
-
-    def compile_models(self, **options: Any) -> None:
-        """``torch.compile`` the student and teacher forwards (not the loss terms).
-
-        Compiled callables are kept outside the module tree, so parameter names, hooks
-        and checkpoints do not change. A model whose compilation fails runs eagerly, with
-        a warning. ``options`` go to ``torch.compile``. A truncated teacher is not
-        compiled (its early stop is an exception raised from a hook).
-        """
-        roles = ["student"]
-        if self.teacher is not None and not self.truncate_teacher:
-            roles.append("teacher")
-        for role in roles:
-            self._compiled[role] = torch.compile(getattr(self, role), **options)
-
-    def _arm_truncation(self) -> None:
-        """After a full teacher forward: stop later ones once each tap has fired as often."""
-        taps = self.teacher_taps
-        self._stop_counts = {p: len(c) for p, c in taps.calls.items()}
-        if not self._stop_counts:
-            return  # no taps: nothing to stop at
-        modules = dict(taps.model.named_modules())
-        for name in dict.fromkeys(p.removesuffix(":input") for p in taps.paths):
-            handle = modules[name].register_forward_hook(self._stop_when_done)
-            self._stop_handles.append(handle)  # after the taps' hooks, so it sees their record
-
-    def _stop_when_done(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not self._truncating:  # the teacher called elsewhere (evaluation) runs in full
-            return
-        calls = self.teacher_taps.calls
-        if all(len(calls[p]) >= n for p, n in self._stop_counts.items()):
-            raise _TeacherDone
-
-    def _recorded(self, taps: FeatureTaps) -> dict[str, Any]:
-        """The tapped values; in eval mode (probe) a module that did not run is left out,
-        e.g. an auxiliary head that runs only in training."""
-        calls = {p: c[0] if len(c) == 1 else c for p, c in taps.calls.items() if c}
-        if self.training and len(calls) < len(taps.paths):
-            return taps.outputs  # raises, naming the modules that did not run
-        return calls
+        output = compile_or_eager(self._compiled, "student", self.student, inputs)
+        return output, {"": output, **self.student_taps.recorded(strict=self.training)}
 
     def _clear_taps(self) -> None:
         self.student_taps.clear()
-        if self.teacher_taps is not None:
-            self.teacher_taps.clear()
+        if self.runtime is not None:
+            self.runtime.clear()
 
     def _build(self, student_features: dict, teacher_features: dict) -> int:
         """Give every term the probed shapes; return how many parameters they created."""
@@ -326,6 +217,8 @@ class Distiller(nn.Module):
             batch = DistillBatch(s_out, t_out, s_feats, t_feats, targets, self.epoch)
             losses: dict[str, Tensor] = {}
             for name, term in self.terms.items():
+                if term.needs_teacher and not self.distilling:
+                    continue
                 value = term(batch)
                 if isinstance(value, Mapping):
                     losses.update({f"{name}.{part}": v for part, v in value.items()})
@@ -335,3 +228,31 @@ class Distiller(nn.Module):
             self._clear_taps()  # the records hold activations and their graphs
             self._replay = None
         return s_out, losses
+
+
+class _Trainable(nn.Module):
+    """The Distiller's forward seen as a module of the student and the main connectors.
+
+    The parameters and buffers are the Distiller's own tensors, registered again here so
+    that DistributedDataParallel syncs exactly those; the Distiller itself is kept out of
+    the module tree.
+    """
+
+    def __init__(self, distiller: Distiller) -> None:
+        super().__init__()
+        object.__setattr__(self, "distiller", distiller)  # not a submodule
+        self.student = distiller.student
+        auxiliary = {id(p) for t in distiller.terms.values() for p in t.auxiliary_parameters()}
+        self.connectors = nn.ParameterList(
+            [p for p in distiller.terms.parameters() if id(p) not in auxiliary]
+        )
+        for i, buffer in enumerate(distiller.terms.buffers()):
+            self.register_buffer(f"connector_buffer_{i}", buffer)
+
+    def train(self, mode: bool = True) -> _Trainable:
+        super().train(mode)
+        self.distiller.train(mode)  # the terms' connectors too; the teacher stays in eval
+        return self
+
+    def forward(self, inputs: Any, targets: Any) -> tuple[Any, dict[str, Tensor]]:
+        return self.distiller(inputs, targets)

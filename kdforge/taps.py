@@ -14,6 +14,8 @@ from typing import Any
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from kdforge.errors import ConfigError
+
 __all__ = ["FeatureTaps", "unwrap_model"]
 
 _INPUT_SUFFIX = ":input"
@@ -65,7 +67,7 @@ class FeatureTaps:
             name = path.removesuffix(_INPUT_SUFFIX)
             if name not in modules:
                 valid = [p for p in modules if p]
-                raise KeyError(
+                raise ConfigError(
                     f"{type(self.model).__name__} has no module {name!r}; closest valid paths: "
                     f"{_closest_paths(name, valid)}. Run `kdforge probe` to list them all."
                 )
@@ -98,6 +100,17 @@ class FeatureTaps:
             )
         return {
             p: calls[0] if len(calls) == 1 else list(calls) for p, calls in self._records.items()
+        }
+
+    def recorded(self, strict: bool = True) -> dict[str, Any]:
+        """:attr:`outputs`; with ``strict=False`` a module that did not run is left out
+        (e.g. an auxiliary head that runs only in training) instead of failing."""
+        if strict:
+            return self.outputs
+        return {
+            p: calls[0] if len(calls) == 1 else list(calls)
+            for p, calls in self._records.items()
+            if calls
         }
 
     @property

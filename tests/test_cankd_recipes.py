@@ -19,7 +19,7 @@ DET_CANKD = {"student_layers": FPN4, "weight": 10.0}
 DAGGER = {**DET_CANKD, "init_from_teacher": ["neck", "bbox_head"]}
 MGD_FPN = {
     "student_layers": [*FPN4, "neck.fpn_convs.4"],
-    "alpha_mgd": 2e-5,
+    "weight": 2e-5,
     "lambda_mgd": 0.65,
     "init_from_teacher": ["neck", "bbox_head"],
 }
@@ -88,7 +88,7 @@ SEGMENTATION = {
     ),
     "mgd_deeplabv3_r101_deeplabv3_r18_80k.yaml": (
         "deeplabv3_r101", D101, "deeplabv3_r18",
-        {"mgd": {"student_layers": ["backbone.layer4"], "alpha_mgd": 2e-5, "lambda_mgd": 0.65}},
+        {"mgd": {"student_layers": ["backbone.layer4"], "weight": 2e-5, "lambda_mgd": 0.65}},
         "76.02 mIoU",
     ),
 }  # fmt: skip

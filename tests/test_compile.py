@@ -39,9 +39,9 @@ def test_compiled_models_give_the_same_losses_and_gradients() -> None:
     distiller, x, y = _distiller()
     eager = _step(distiller, x, y)
     distiller.compile_models(backend="aot_eager")
-    assert set(distiller._compiled) == {"student", "teacher"}
+    assert set(distiller.compiled_models) == {"student", "teacher"}
     compiled = _step(distiller, x, y)
-    assert set(distiller._compiled) == {"student", "teacher"}  # no fallback happened
+    assert set(distiller.compiled_models) == {"student", "teacher"}  # no fallback happened
     for name, value in eager.items():
         torch.testing.assert_close(compiled[name], value, rtol=1e-5, atol=1e-6)
     assert "conv1.weight" in distiller.student.state_dict()  # names unchanged
@@ -57,7 +57,7 @@ def test_a_failed_compilation_warns_and_runs_eagerly() -> None:
     with pytest.warns(RuntimeWarning, match="torch.compile of the") as record:
         fallback = _step(distiller, x, y)
     assert sorted(str(w.message).split()[3] for w in record) == ["student", "teacher"]
-    assert distiller._compiled == {}
+    assert distiller.compiled_models == []
     for name, value in eager.items():
         torch.testing.assert_close(fallback[name], value)
 
@@ -68,7 +68,7 @@ def test_inductor_compiles_a_zoo_student() -> None:
     eager = _step(distiller, x, y)
     distiller.compile_models()
     compiled = _step(distiller, x, y)
-    assert "student" in distiller._compiled
+    assert "student" in distiller.compiled_models
     for name, value in eager.items():
         torch.testing.assert_close(compiled[name], value, rtol=1e-4, atol=1e-5)
 
@@ -77,4 +77,4 @@ def test_train_compile_compiles_both_models(tiny_overrides) -> None:
     overrides = ["teacher.name=resnet8", "student.name=resnet8", "train.compile=true"]
     overrides += ["loss={ce: {weight: 0.1}, kd: {weight: 0.9}}"]
     trainer = build_trainer(load_config(None, tiny_overrides + overrides), "test")
-    assert set(trainer.distiller._compiled) == {"student", "teacher"}
+    assert set(trainer.distiller.compiled_models) == {"student", "teacher"}

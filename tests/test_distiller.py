@@ -91,7 +91,7 @@ def _buffers(model: nn.Module) -> dict[str, Tensor]:
 
 
 def _assert_taps_empty(distiller: Distiller) -> None:
-    for taps in (distiller.student_taps, distiller.teacher_taps):
+    for taps in (distiller.student_taps, distiller.runtime.taps):
         assert all(not calls for calls in taps._records.values())
         if taps.paths:
             with pytest.raises(RuntimeError):
@@ -117,7 +117,9 @@ def test_teacher_is_frozen_and_stays_in_eval_mode() -> None:
 
 def test_training_forward_leaves_teacher_bn_statistics_unchanged() -> None:
     teacher, student = _pair()
-    distiller = Distiller(teacher, student, {"ce": CrossEntropyLoss(0.1), "kd": KDLoss()}).train()
+    distiller = Distiller(
+        teacher, student, {"ce": CrossEntropyLoss(weight=0.1), "kd": KDLoss()}
+    ).train()
     before_t, before_s = _buffers(teacher), _buffers(student)
     x, y = _data()
     distiller(x, y)
@@ -266,7 +268,7 @@ def test_teacher_none_with_a_kd_term_raises() -> None:
 def test_teacher_none_with_only_ce_works() -> None:
     _, student = _pair()
     distiller = Distiller(None, student, {"ce": CrossEntropyLoss(weight=0.5)}).train()
-    assert distiller.teacher is None and distiller.teacher_taps is None
+    assert distiller.teacher is None and distiller.runtime is None
     x, y = _data()
     out, losses = distiller(x, y)
     assert list(losses) == ["ce"]
@@ -336,6 +338,6 @@ def test_taps_are_cleared_after_forward() -> None:
     distiller = Distiller(
         teacher, student, {"fit": FitNetLoss("relu", "relu")}, example_input=_data()[0]
     ).train()
-    assert distiller.student_taps.paths == ["relu"] and distiller.teacher_taps.paths == ["relu"]
+    assert distiller.student_taps.paths == ["relu"] and distiller.runtime.taps.paths == ["relu"]
     distiller(*_data())
     _assert_taps_empty(distiller)

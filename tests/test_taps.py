@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from kdforge.errors import ConfigError
 from kdforge.taps import FeatureTaps, unwrap_model
 
 
@@ -120,8 +121,8 @@ def test_duplicate_paths_are_tapped_once(net: Net) -> None:
     assert isinstance(taps.outputs["layer1"], torch.Tensor)
 
 
-def test_unknown_path_raises_keyerror_naming_the_closest_paths(net: Net) -> None:
-    with pytest.raises(KeyError) as err:
+def test_unknown_path_raises_a_config_error_naming_the_closest_paths(net: Net) -> None:
+    with pytest.raises(ConfigError) as err:
         FeatureTaps(net, ["layer1", "layr3"])
     msg = err.value.args[0]
     assert "'layr3'" in msg and "Net" in msg
@@ -130,13 +131,13 @@ def test_unknown_path_raises_keyerror_naming_the_closest_paths(net: Net) -> None
     assert not _all_hooks(net)  # a failed construction leaves no hook behind
 
 
-def test_unknown_input_path_raises_keyerror(net: Net) -> None:
-    with pytest.raises(KeyError, match="fcc"):
+def test_unknown_input_path_raises_a_config_error(net: Net) -> None:
+    with pytest.raises(ConfigError, match="fcc"):
         FeatureTaps(net, ["fcc:input"])
 
 
 def test_ddp_prefix_is_not_accepted_as_a_path(net: Net) -> None:
-    with pytest.raises(KeyError):
+    with pytest.raises(ConfigError):
         FeatureTaps(net, ["module.layer1"])
 
 
@@ -209,7 +210,7 @@ def test_works_through_distributed_data_parallel(net: Net, gloo_group: None) -> 
     rec = taps.outputs
     torch.testing.assert_close(rec["layer2"], net.layer2(net.layer1(net.stem(x))))
     torch.testing.assert_close(net.fc(rec["fc:input"]), out)
-    with pytest.raises(KeyError):
+    with pytest.raises(ConfigError):
         FeatureTaps(ddp, ["module.layer2"])
     taps.remove()
     assert not _all_hooks(net)

@@ -4,89 +4,41 @@ Rows are the true class, columns the predicted class, for
 
 * classification: one count per image (the top-1 class);
 * segmentation: one count per labelled pixel (the ignore index left out), the matrix
-  ``kdforge.engine.seg_eval`` computes mIoU from;
-* detection: mmdetection's ``tools/analysis_tools/confusion_matrix.py``: a ``K + 1``
-  matrix whose last row and column are *background*. Per image, every detection scoring at
-  least ``score_thr`` (0.3) counts once for each ground truth it overlaps with IoU >=
-  ``iou_thr`` (0.5), at ``[gt label, det label]``; a detection overlapping none counts at
-  ``[background, det label]``; a ground truth that no detection of its own label matched
-  counts at ``[gt label, background]``. Crowd regions are left out (mmdetection 2.x's
-  ``get_ann_info`` does so).
+  :mod:`kdforge.engine.eval.segmentation` computes mIoU from;
+* detection: mmdetection's ``tools/analysis_tools/confusion_matrix.py``
+  (:func:`kdforge.engine.eval.detection_confusion`): a ``K + 1`` matrix whose last row
+  and column are *background*, detections scoring at least ``score_thr`` (0.3) matched to
+  ground truths with IoU >= ``iou_thr`` (0.5). Crowd regions are left out (mmdetection
+  2.x's ``get_ann_info`` does so).
+
+Each task's :class:`~kdforge.engine.tasks.Task` says how one batch counts.
 
 The picture is normalised per row (each true class sums to 1).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from kdforge.analysis._common import load_model, task_of, validation_loader, write_csv
+from kdforge.analysis.loading import load_model, validation_loader, write_csv
 from kdforge.config import load_config
-from kdforge.data.det_transforms import rescale_boxes
-from kdforge.engine.seg_eval import confusion_matrix, slide_inference, whole_inference
-from kdforge.models.detection.boxes import bbox_overlaps
-from kdforge.models.segmentation.seg_loss import upsample_logits
+from kdforge.engine.tasks import Task, get_task
+from kdforge.errors import DataError
 
 __all__ = [
-    "classification_confusion",
-    "detection_confusion",
     "draw_confusion",
     "model_confusion",
     "most_confused",
     "run_confusion_matrix",
 ]
-
-
-def classification_confusion(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
-    """``(K, K)`` int64 counts of ``(true, predicted)`` label pairs."""
-    index = target.long().flatten() * num_classes + pred.long().flatten()
-    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
-def detection_confusion(
-    boxes: Tensor,
-    scores: Tensor,
-    labels: Tensor,
-    gt_boxes: Tensor,
-    gt_labels: Tensor,
-    num_classes: int,
-    score_thr: float = 0.3,
-    iou_thr: float = 0.5,
-) -> Tensor:
-    """One image's ``(K + 1, K + 1)`` counts by mmdetection's rules (see the module docstring).
-
-    Args:
-        boxes, scores, labels: detections, ``(M, 4)`` xyxy, ``(M,)``, ``(M,)``.
-        gt_boxes, gt_labels: ground truths, ``(G, 4)`` xyxy in the same pixels, ``(G,)``.
-        num_classes: ``K``; index ``K`` is background.
-        score_thr: detections scoring less are ignored.
-        iou_thr: the IoU at which a detection matches a ground truth.
-    """
-    matrix = torch.zeros(num_classes + 1, num_classes + 1, dtype=torch.int64)
-    keep = scores >= score_thr
-    boxes, labels = boxes[keep].float(), labels[keep].long()
-    gt_labels = gt_labels.long()
-    if len(gt_boxes) and len(boxes):
-        matched = bbox_overlaps(boxes, gt_boxes.float()) >= iou_thr  # (M, G)
-    else:
-        matched = torch.zeros(len(boxes), len(gt_boxes), dtype=torch.bool)
-    for i, label in enumerate(labels.tolist()):
-        gts = matched[i].nonzero().flatten().tolist()
-        for j in gts:
-            matrix[gt_labels[j], label] += 1
-        if not gts:
-            matrix[num_classes, label] += 1  # a false positive on background
-    found = (matched & (labels[:, None] == gt_labels[None])).any(dim=0)  # (G,)
-    for label in gt_labels[~found].tolist():
-        matrix[label, num_classes] += 1  # missed
-    return matrix
 
 
 def most_confused(
@@ -159,46 +111,25 @@ def draw_confusion(
 @torch.no_grad()
 def model_confusion(
     model: nn.Module,
-    loader: Iterable,
-    task: str,
-    num_classes: int,
+    loader: DataLoader,
+    task: Task,
     device: torch.device,
     max_batches: int | None = None,
     score_thr: float = 0.3,
     iou_thr: float = 0.5,
 ) -> Tensor:
-    """The confusion matrix of ``model`` over a validation ``loader`` of the given task."""
-    size = num_classes + 1 if task == "detection" else num_classes
-    matrix = torch.zeros(size, size, dtype=torch.int64)
-    inference = getattr(getattr(loader, "dataset", None), "inference", {})
+    """The confusion matrix of ``model`` over a validation ``loader``, by ``task.confusion``."""
+    matrix = None
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
     for i, (images, targets) in enumerate(tqdm(loader, total=total, desc="confusion matrix")):
         if max_batches is not None and i >= max_batches:
             break
-        images = images.to(device)
-        if task == "classification":
-            matrix += classification_confusion(model(images).argmax(1).cpu(), targets, num_classes)
-        elif task == "segmentation":
-            if inference.get("mode", "whole") == "slide":
-                crop = {k: v for k, v in inference.items() if k != "mode"}
-                logits = slide_inference(model, images, num_classes, **crop)
-            else:
-                logits = whole_inference(model, images)
-            pred = upsample_logits(logits, tuple(targets.shape[-2:])).argmax(1).cpu()
-            matrix += confusion_matrix(pred, targets, num_classes)
-        else:
-            results = model.predict(model(images), [t["img_shape"] for t in targets])
-            for result, target in zip(results, targets, strict=True):
-                matrix += detection_confusion(
-                    rescale_boxes(result["boxes"].float().cpu(), target),
-                    result["scores"].cpu(),
-                    result["labels"].cpu(),
-                    rescale_boxes(target["boxes"].float(), target),
-                    target["labels"],
-                    num_classes,
-                    score_thr,
-                    iou_thr,
-                )
+        counts = task.confusion(
+            model, images.to(device), targets, loader.dataset, score_thr, iou_thr
+        )
+        matrix = counts if matrix is None else matrix + counts
+    if matrix is None:
+        raise DataError("nothing to count: the validation set is empty or max_batches is 0")
     return matrix
 
 
@@ -218,19 +149,18 @@ def run_confusion_matrix(
     Returns the two paths and the ``top_k`` most confused pairs.
     """
     cfg: DictConfig = load_config(config, list(overrides or []))
-    task_of(cfg)
+    task = get_task(cfg.task)
     loader, device = validation_loader(cfg)
     dataset = loader.dataset
     names = [str(n) for n in dataset.classes]
     model = load_model(cfg, role, checkpoint, dataset.num_classes).to(device)
-    matrix = model_confusion(
-        model, loader, cfg.task, len(names), device, max_batches, score_thr, iou_thr
-    )
-    if cfg.task == "detection":
+    matrix = model_confusion(model, loader, task, device, max_batches, score_thr, iou_thr)
+    background = len(matrix) > len(names)  # detection: missed boxes and false alarms
+    if background:
         names.append("background")
-    unit = {"classification": "images", "segmentation": "pixels", "detection": "counts"}[cfg.task]
+    unit = "counts" if background else task.counted
     title = f"{role} {cfg[role].name}: confusion on validation ({int(matrix.sum())} {unit})"
-    if cfg.task == "detection":
+    if background:
         title += f"\nscore >= {score_thr}, IoU >= {iou_thr}; background = missed / false alarm"
     out = Path(out)
     png = draw_confusion(matrix, names, out / "confusion_matrix.png", title, top_k)

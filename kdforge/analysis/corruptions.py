@@ -27,6 +27,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from kdforge.errors import ConfigError
+
 __all__ = ["CORRUPTIONS", "SEVERITIES", "check_corruptions", "corrupt"]
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -332,13 +334,13 @@ CORRUPTIONS: dict[str, Corruption] = {
 
 
 def check_corruptions(names: list[str], severities: list[int]) -> None:
-    """Raise ``ValueError`` naming the valid values for an unknown corruption or severity."""
+    """Raise ``ConfigError`` naming the valid values for an unknown corruption or severity."""
     unknown = [n for n in names if n not in CORRUPTIONS]
     if unknown:
-        raise ValueError(f"unknown corruption(s) {unknown}; valid: {', '.join(CORRUPTIONS)}")
+        raise ConfigError(f"unknown corruption(s) {unknown}; valid: {', '.join(CORRUPTIONS)}")
     bad = [s for s in severities if s not in SEVERITIES]
     if bad:
-        raise ValueError(f"severities must be in {list(SEVERITIES)}, got {bad}")
+        raise ConfigError(f"severities must be in {list(SEVERITIES)}, got {bad}")
 
 
 def corrupt(

@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdforge.analysis._common import load_model, model_input, task_of
-from kdforge.config import ConfigError, load_config
+from kdforge.analysis.loading import load_model, model_input
+from kdforge.config import load_config
+from kdforge.engine.tasks import get_task
+from kdforge.errors import ConfigError, KdforgeError
 from kdforge.taps import FeatureTaps
 
 __all__ = [
@@ -43,10 +45,10 @@ REDUCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
 def feature_map(value: object, path: str) -> Tensor:
     """A tap's value as ``(N, C, h, w)``; ``(N, L, C)`` tokens go on their square grid."""
     if isinstance(value, list):
-        raise ValueError(f"{path!r} ran {len(value)} times in one forward; tap one that runs once")
+        raise ConfigError(f"{path!r} ran {len(value)} times in one forward; tap one that runs once")
     if not isinstance(value, Tensor) or value.dim() not in (3, 4):
         kind = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-        raise ValueError(
+        raise ConfigError(
             f"{path!r} gives {kind}, not a feature map (N, C, H, W) or tokens (N, L, C); "
             "run `kdforge probe` to pick another module"
         )
@@ -58,7 +60,7 @@ def feature_map(value: object, path: str) -> Tensor:
         if side * side == length - drop:
             grid = value[:, drop:].transpose(1, 2).reshape(n, channels, side, side)
             return grid.float()
-    raise ValueError(f"{path!r} gives {length} tokens, not a square grid (+1 class token)")
+    raise ConfigError(f"{path!r} gives {length} tokens, not a square grid (+1 class token)")
 
 
 def normalised_map(
@@ -67,7 +69,7 @@ def normalised_map(
     """``(N, C, h, w)`` -> ``(N, H, W)`` in [0, 1]: reduced over channels, the ``keep``
     fraction of rows and columns (the unpadded part) upsampled to ``size``, min-max scaled."""
     if reduce not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduce!r}; valid: {', '.join(REDUCTIONS)}")
+        raise ConfigError(f"unknown reduction {reduce!r}; valid: {', '.join(REDUCTIONS)}")
     rows = max(1, math.ceil(feature.shape[-2] * keep[0]))
     cols = max(1, math.ceil(feature.shape[-1] * keep[1]))
     reduced = REDUCTIONS[reduce](feature[..., :rows, :cols])[:, None]  # (N, 1, rows, cols)
@@ -181,15 +183,12 @@ def visualize_features(
     """
     cfg = load_config(config, list(overrides or []))
     if reduce not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduce!r}; valid: {', '.join(REDUCTIONS)}")
-    task = task_of(cfg)
-    try:
-        val_set = task.build_datasets(cfg.data)[1]
-    except (OSError, ValueError, TypeError, KeyError):
-        if cfg.task != "classification":
-            raise
-        val_set = None  # classification: files are resized; the data set is not needed
-    num_classes = val_set.num_classes if val_set is not None else None
+        raise ConfigError(f"unknown reduction {reduce!r}; valid: {', '.join(REDUCTIONS)}")
+    task = get_task(cfg.task)
+    try:  # the data only gives the number of classes: images are prepared from the recipe
+        num_classes = task.build_datasets(cfg.data)[1].num_classes
+    except (OSError, KdforgeError):
+        num_classes = None  # the recipe's <role>.num_classes, else the model's default
     student = load_model(cfg, "student", checkpoint, num_classes)
     teacher = load_model(cfg, "teacher", None, num_classes) if cfg.teacher.name else None
     pairs = layer_pairs(layers, teacher, student)
@@ -200,7 +199,7 @@ def visualize_features(
     written: list[Path] = []
     try:
         for i, file in enumerate(images):
-            picture, x = model_input(cfg, val_set, file)
+            picture, x = model_input(cfg, file)
             size = picture.shape[:2]
             keep = (size[0] / x.shape[-2], size[1] / x.shape[-1])  # unpadded part
             with torch.no_grad():

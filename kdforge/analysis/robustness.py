@@ -27,10 +27,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from kdforge.analysis._common import load_model, task_of, validation_loader, write_csv
 from kdforge.analysis.corruptions import CORRUPTIONS, SEVERITIES, check_corruptions, corrupt
+from kdforge.analysis.loading import load_model, validation_loader, write_csv
 from kdforge.config import load_config
 from kdforge.data.transforms import Compose, Normalize, ToTensor
+from kdforge.engine.tasks import get_task
 
 __all__ = [
     "CorruptedDataset",
@@ -200,7 +201,7 @@ def run_robustness(
     levels = list(severities or SEVERITIES)
     check_corruptions(names, levels)  # before any long work
     cfg = load_config(config, list(overrides or []))
-    task = task_of(cfg)
+    task = get_task(cfg.task)
     loader, device = validation_loader(cfg)
     clean_set = loader.dataset
     model = load_model(cfg, role, checkpoint, clean_set.num_classes).to(device)

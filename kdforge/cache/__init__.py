@@ -8,6 +8,8 @@ teacher.cache=PATH`` then replays, at epoch ``e`` and sample ``i``, exactly the 
 augmentation (the student sees the images the teacher saw) and hands the stored outputs to
 the terms; the teacher is never built. ``kdforge cache-teacher RECIPE --check --out PATH``
 recomputes a few samples with the live teacher and fails if they differ beyond tolerance.
+:func:`write_cache` and :func:`check_cache` take built objects (training set, teacher, taps);
+:mod:`kdforge.commands.cache_teacher` builds them from a recipe.
 
 Format (a folder)::
 
@@ -38,16 +40,18 @@ cache whose fingerprint (data, augmentation, teacher, seed, taps) differs from t
 or that holds fewer epochs than the schedule.
 """
 
-from kdforge.cache.format import CacheError, TeacherCache, fingerprint
+from kdforge.cache.format import CacheError, TeacherCache, fingerprint, fingerprint_sections
 from kdforge.cache.replay import ReplayDataset, replay_collate
-from kdforge.cache.writer import check_cache, write_cache
+from kdforge.cache.writer import cached_outputs, check_cache, write_cache
 
 __all__ = [
     "CacheError",
     "ReplayDataset",
     "TeacherCache",
+    "cached_outputs",
     "check_cache",
     "fingerprint",
+    "fingerprint_sections",
     "replay_collate",
     "write_cache",
 ]

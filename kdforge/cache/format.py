@@ -12,13 +12,15 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
 from torch import Tensor
 
+from kdforge.errors import DataError
+
 __all__ = ["MANIFEST", "VERSION", "CacheError", "TeacherCache", "fingerprint", "sha256"]
 
 MANIFEST = "manifest.json"
 VERSION = 1
 
 
-class CacheError(ValueError):
+class CacheError(DataError):
     """A teacher cache that is damaged or does not fit the recipe."""
 
 

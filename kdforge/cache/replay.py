@@ -8,8 +8,9 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from kdforge.cache.format import CacheError, TeacherCache
+from kdforge.data.mixing import RandomErasing
 from kdforge.data.transforms import Compose, RandomTransform
-from kdforge.distiller import TeacherReplay
+from kdforge.teacher import TeacherReplay
 
 __all__ = ["ReplayDataset", "ScriptedTransform", "replay_collate", "scripted"]
 
@@ -47,8 +48,8 @@ def scripted(dataset: Dataset) -> ScriptedTransform:
     transform = getattr(base, "transform", None)
     if not isinstance(transform, Compose):
         raise CacheError(
-            f"the teacher cache needs a training set whose transform is a kdforge Compose; "
-            f"{type(base).__name__} has {type(transform).__name__}"
+            "the teacher cache supports classification training sets, whose transform is a "
+            f"kdforge Compose; {type(base).__name__} has {type(transform).__name__}"
         )
     bad = [type(t).__name__ for t in transform.transforms if _unsupported(t)]
     if bad:
@@ -58,8 +59,7 @@ def scripted(dataset: Dataset) -> ScriptedTransform:
 
 
 def _unsupported(t: Any) -> bool:
-    from kdforge.data.mixing import RandomErasing  # its fill is a random tensor
-
+    """RandomErasing (its fill is a random tensor) and random steps that cannot replay."""
     return isinstance(t, RandomErasing) or (
         not isinstance(t, RandomTransform) and "Random" in type(t).__name__
     )

@@ -1,15 +1,20 @@
-"""``kdforge cache-teacher``: write a recipe's teacher outputs, or check a written cache."""
+"""Writing a teacher cache from built objects (data set, teacher, taps), and checking one.
+
+:mod:`kdforge.commands.cache_teacher` builds those objects from a recipe.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from safetensors.torch import save_file
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from kdforge.cache.format import (
@@ -18,11 +23,11 @@ from kdforge.cache.format import (
     CacheError,
     TeacherCache,
     fingerprint,
-    fingerprint_sections,
     pack_logits,
     sha256,
 )
 from kdforge.cache.replay import scripted
+from kdforge.errors import ConfigError
 from kdforge.losses import LossTerm
 from kdforge.taps import FeatureTaps
 
@@ -31,9 +36,7 @@ __all__ = ["cached_outputs", "check_cache", "write_cache"]
 
 def cached_outputs(cfg: DictConfig, terms: dict[str, LossTerm]) -> tuple[list[str], bool]:
     """``(teacher taps, whether logits are needed)`` of a recipe, or a CacheError saying why
-    it cannot train from a cache."""
-    if cfg.task != "classification":
-        raise CacheError(f"the teacher cache supports task classification only, not {cfg.task}")
+    it cannot train from a cache (the data set's pipeline is checked when it is recorded)."""
     if cfg.data.mixup_alpha > 0 or cfg.data.repeated_aug > 1:
         raise CacheError("the teacher cache supports neither data.mixup_alpha nor repeated_aug")
     needy = {n: t for n, t in terms.items() if t.needs_teacher}
@@ -49,64 +52,77 @@ def cached_outputs(cfg: DictConfig, terms: dict[str, LossTerm]) -> tuple[list[st
     return taps, logits
 
 
-def _setup(cfg: DictConfig) -> tuple[Any, nn.Module, list[str], bool, int]:
-    from kdforge.engine.build import build_model, build_terms
-    from kdforge.engine.tasks import TASKS
-
-    if cfg.teacher.name is None:
-        raise CacheError("teacher.name is not set: there is no teacher to cache")
-    terms = build_terms(OmegaConf.to_container(cfg.loss, resolve=True) or {"ce": {}})
-    taps, logits = cached_outputs(cfg, terms)
-    train_set, _ = TASKS["classification"].build_datasets(cfg.data)
-    teacher = build_model(cfg.teacher, train_set.num_classes).eval().requires_grad_(False)
-    return train_set, teacher, taps, logits, train_set.num_classes
-
-
 @torch.inference_mode()
-def _teacher_values(teacher: nn.Module, taps: FeatureTaps, images: torch.Tensor):
-    logits = teacher(images)
-    return logits, taps.outputs
+def _teacher_values(
+    teacher: nn.Module, taps: FeatureTaps, images: Tensor
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``(logits, {path: feature})`` on the CPU, the teacher run where its weights are."""
+    device = next(teacher.parameters(), torch.empty(0)).device
+    logits = teacher(images.to(device))
+    return logits.cpu(), {p: v.cpu() for p, v in taps.outputs.items()}
 
 
 def write_cache(
-    cfg: DictConfig,
     out: str | Path,
+    train_set: Dataset,
+    teacher: nn.Module,
+    taps: Sequence[str],
+    logits: bool,
+    sections: dict[str, Any],
+    seed_epoch: Callable[[int], object],
     epochs: int,
     topk: int | None = None,
     batch_size: int = 256,
     shard_size: int = 4096,
 ) -> Path:
-    """Run the teacher of ``cfg`` over ``epochs`` augmented passes of its training set and
-    write the cache folder ``out`` (see :mod:`kdforge.cache`); returns ``out``."""
-    from kdforge.engine.trainer import _epoch_seed, seed_everything
+    """Run ``teacher`` over ``epochs`` augmented passes of ``train_set`` and write the cache
+    folder ``out`` (see :mod:`kdforge.cache`); returns ``out``.
 
+    Args:
+        out: the folder to write; it must not hold a cache already.
+        train_set: the training set (with ``num_classes``) whose transform, a kdforge
+            ``Compose``, is recorded.
+        teacher: the frozen teacher in eval mode.
+        taps: the teacher module paths whose outputs are stored.
+        logits: store the teacher's logits.
+        sections: the recipe sections the values depend on
+            (:func:`~kdforge.cache.format.fingerprint_sections`); a training run compares
+            their fingerprint with its own.
+        seed_epoch: called with each epoch before its pass; seeds the global random
+            generators as the trainer does at the start of that epoch.
+        epochs: augmented passes stored.
+        topk: logits kept per sample (default ``min(K, 100)``).
+        batch_size: images per teacher forward.
+        shard_size: samples per file.
+    """
     out = Path(out)
     if (out / MANIFEST).exists():
-        raise FileExistsError(f"{out} already holds a teacher cache; pick another --out")
+        raise CacheError(f"{out} already holds a teacher cache; pick another --out")
     if epochs < 1:
-        raise CacheError(f"--epochs must be at least 1, got {epochs}")
-    train_set, teacher, tap_paths, logits, num_classes = _setup(cfg)
+        raise ConfigError(f"--epochs must be at least 1, got {epochs}")
+    num_classes = train_set.num_classes
     k = topk or min(num_classes, 100)
     if not 1 <= k <= num_classes:
-        raise CacheError(f"--topk must be in [1, {num_classes}], got {k}")
+        raise ConfigError(f"--topk must be in [1, {num_classes}], got {k}")
+    tap_paths = sorted(taps)
     transform = scripted(train_set)
-    taps = FeatureTaps(teacher, tap_paths)
+    hooks = FeatureTaps(teacher, tap_paths)
     out.mkdir(parents=True, exist_ok=True)
     files, shards, shapes = [], [], {}
     n = len(train_set)
     bar = tqdm(total=epochs * n, desc="caching teacher", unit="img", dynamic_ncols=True)
     for epoch in range(epochs):
-        seed_everything(_epoch_seed(cfg.train.seed, epoch, 0))
+        seed_epoch(epoch)
         aug: list[Any] = []
         for start in range(0, n, shard_size):
             stop = min(start + shard_size, n)
-            parts: dict[str, list[torch.Tensor]] = {}
+            parts: dict[str, list[Tensor]] = {}
             for lo in range(start, stop, batch_size):
                 images = []
                 for i in range(lo, min(lo + batch_size, stop)):
                     images.append(train_set[i][0])
                     aug.append(transform.record)
-                output, feats = _teacher_values(teacher, taps, torch.stack(images))
+                output, feats = _teacher_values(teacher, hooks, torch.stack(images))
                 values = pack_logits(output, k) if logits else {}
                 values |= {f"feature.{p}": feats[p].half() for p in tap_paths}
                 for key, value in values.items():
@@ -122,8 +138,7 @@ def write_cache(
         (out / aug_name).write_text(json.dumps(aug))
         files.append(aug_name)
     bar.close()
-    taps.remove()
-    sections = fingerprint_sections(cfg, tap_paths, logits)
+    hooks.remove()
     manifest = {
         "version": VERSION,
         "fingerprint": fingerprint(sections),
@@ -143,22 +158,34 @@ def write_cache(
 
 
 def check_cache(
-    cfg: DictConfig, path: str | Path, samples: int = 32, atol: float = 1e-3, rtol: float = 1e-2
+    path: str | Path,
+    train_set: Dataset,
+    teacher: nn.Module,
+    taps: Sequence[str],
+    logits: bool,
+    sections: dict[str, Any],
+    samples: int = 32,
+    atol: float = 1e-3,
+    rtol: float = 1e-2,
 ) -> dict[str, float]:
     """Recompute ``samples`` samples of epoch 0 with the live teacher; raise a CacheError if
-    a stored value differs beyond ``atol + rtol·|live|`` (fp16 features need rtol ~1e-2).
-    Returns the largest absolute difference per stored value."""
+    the cache does not fit ``sections`` or a stored value differs beyond
+    ``atol + rtol·|live|`` (fp16 features need rtol ~1e-2).
+
+    The arguments are those of :func:`write_cache`. Returns the largest absolute difference
+    per stored value.
+    """
     cache = TeacherCache(path)
-    train_set, teacher, tap_paths, logits, _ = _setup(cfg)
-    cache.check_fits(fingerprint_sections(cfg, tap_paths, logits), 1)
+    cache.check_fits(sections, 1)
+    tap_paths = sorted(taps)
     transform = scripted(train_set)
-    taps = FeatureTaps(teacher, tap_paths)
     indices = range(min(samples, cache.num_samples))
     images = []
     for i in indices:
         transform.script = cache.augmentation(0, i)
         images.append(train_set[i][0])
-    live_logits, live_feats = _teacher_values(teacher, taps, torch.stack(images))
+    with FeatureTaps(teacher, tap_paths) as hooks:
+        live_logits, live_feats = _teacher_values(teacher, hooks, torch.stack(images))
     stored = [cache.outputs(0, i) for i in indices]
     pairs = {
         f"feature.{p}": (torch.stack([s[1][p] for s in stored]), live_feats[p]) for p in tap_paths

@@ -13,6 +13,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from kdforge.data.transforms import ToTensor
+from kdforge.errors import DataError
 
 __all__ = ["CIFAR", "write_fake_cifar"]
 
@@ -69,7 +70,7 @@ def _resolve(root: Path, name: str) -> Path:
     missing = [f for f in expected if not (folder / f).is_file()]
     if missing:
         where = "does not exist" if not folder.is_dir() else f"lacks {', '.join(missing)}"
-        raise FileNotFoundError(
+        raise DataError(
             f"{name} not found: {str(folder)!r} {where}. Expected the python-pickle layout "
             f"(root may be the parent folder or the {spec['folder']} folder itself):\n"
             f"{_layout(name)}"
@@ -79,22 +80,22 @@ def _resolve(root: Path, name: str) -> Path:
 
 def _unpickle(path: Path, name: str) -> dict[str, Any]:
     if not path.is_file():
-        raise FileNotFoundError(f"{name}: missing file {str(path)!r}. Expected:\n{_layout(name)}")
+        raise DataError(f"{name}: missing file {str(path)!r}. Expected:\n{_layout(name)}")
     try:
         with path.open("rb") as f:
             obj = pickle.load(f, encoding="bytes")
     except Exception as exc:  # pickle raises many kinds on garbage input
-        raise ValueError(
+        raise DataError(
             f"{name}: {str(path)!r} is not a CIFAR pickle ({exc}). Expected:\n{_layout(name)}"
         ) from exc
     if not isinstance(obj, dict):
-        raise ValueError(f"{name}: {str(path)!r} holds a {type(obj).__name__}, expected a dict")
+        raise DataError(f"{name}: {str(path)!r} holds a {type(obj).__name__}, expected a dict")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
 def _field(batch: dict[str, Any], key: str, path: Path, name: str) -> Any:
     if key not in batch:
-        raise ValueError(
+        raise DataError(
             f"{name}: {str(path)!r} has no key b{key!r} (found {sorted(batch)}). "
             f"Expected:\n{_layout(name)}"
         )
@@ -115,8 +116,8 @@ class CIFAR(Dataset):
         data: ``(N, 32, 32, 3)`` uint8 array. targets: labels. classes: class names.
 
     Raises:
-        FileNotFoundError: The folder or a file is missing.
-        ValueError: A file is not a CIFAR pickle or has inconsistent contents.
+        DataError: The folder or a file is missing, or a file is not a CIFAR pickle or has
+            inconsistent contents.
     """
 
     def __init__(
@@ -136,7 +137,7 @@ class CIFAR(Dataset):
         names = _field(_unpickle(meta_path, name), spec["names_key"], meta_path, name)
         self.classes: list[str] = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
         if len(self.classes) != spec["num_classes"]:
-            raise ValueError(
+            raise DataError(
                 f"{name}: {str(meta_path)!r} lists {len(self.classes)} classes, "
                 f"expected {spec['num_classes']}"
             )
@@ -148,16 +149,16 @@ class CIFAR(Dataset):
             data = np.asarray(_field(batch, "data", path, name))
             labels = [int(y) for y in _field(batch, spec["labels_key"], path, name)]
             if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-                raise ValueError(
+                raise DataError(
                     f"{name}: {str(path)!r} b'data' must be an (N, 3072) uint8 array, "
                     f"got {data.dtype} {data.shape}"
                 )
             if len(labels) != len(data):
-                raise ValueError(
+                raise DataError(
                     f"{name}: {str(path)!r} has {len(data)} images but {len(labels)} labels"
                 )
             if labels and not 0 <= min(labels) <= max(labels) < len(self.classes):
-                raise ValueError(
+                raise DataError(
                     f"{name}: {str(path)!r} has labels outside [0, {len(self.classes)})"
                 )
             chunks.append(data)

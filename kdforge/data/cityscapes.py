@@ -25,14 +25,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from kdforge.data.imagefolder import IMAGE_EXTENSIONS
-from kdforge.data.seg_transforms import segmentation_transforms
+from kdforge.errors import DataError
 
 __all__ = [
     "CITYSCAPES_CLASSES",
     "LABEL_ID_TO_TRAIN_ID",
     "Cityscapes",
     "SegmentationFolder",
-    "build_segmentation_datasets",
     "label_ids_to_train_ids",
     "make_train_ids",
 ]
@@ -75,7 +74,7 @@ def make_train_ids(root: str | Path, overwrite: bool = False) -> int:
     root = Path(root).expanduser()
     sources = sorted(root.rglob(f"*{_LABEL_IDS}"))
     if not sources:
-        raise FileNotFoundError(f"no *{_LABEL_IDS} files under {str(root)!r}")
+        raise DataError(f"no *{_LABEL_IDS} files under {str(root)!r}")
     written = 0
     for src in sources:
         dst = src.with_name(src.name.removesuffix(_LABEL_IDS) + _TRAIN_IDS)
@@ -116,7 +115,7 @@ class SegmentationFolder(Dataset):
         mask_suffix: the mask file ending.
 
     Raises:
-        FileNotFoundError: a folder is missing, holds no images, or an image has no mask.
+        DataError: a folder is missing, holds no images, or an image has no mask.
     """
 
     def __init__(
@@ -132,10 +131,10 @@ class SegmentationFolder(Dataset):
         self.transform, self.classes = transform, tuple(classes)
         for folder in (self.image_dir, self.mask_dir):
             if not folder.is_dir():
-                raise FileNotFoundError(f"{self._what()}: folder {str(folder)!r} does not exist")
+                raise DataError(f"{self._what()}: folder {str(folder)!r} does not exist")
         images = _find(self.image_dir, tuple(image_suffixes))
         if not images:
-            raise FileNotFoundError(
+            raise DataError(
                 f"{self._what()}: no images ending in {tuple(image_suffixes)} under "
                 f"{str(self.image_dir)!r}"
             )
@@ -146,7 +145,7 @@ class SegmentationFolder(Dataset):
             mask = self.mask_dir / rel / f"{stem}{mask_suffix}"
             (self.samples if mask.is_file() else lost).append((path, mask))
         if lost:
-            raise FileNotFoundError(self._missing_masks(lost))
+            raise DataError(self._missing_masks(lost))
 
     def _what(self) -> str:
         return type(self).__name__
@@ -168,14 +167,17 @@ class SegmentationFolder(Dataset):
     def load(self, index: int) -> tuple[Image.Image, Image.Image]:
         """Decode pair ``index`` as (RGB image, mask); a size mismatch raises naming the files."""
         image_path, mask_path = self.samples[index]
-        with Image.open(image_path) as img, Image.open(mask_path) as msk:
-            image, mask = img.convert("RGB"), msk.copy()
+        try:
+            with Image.open(image_path) as img, Image.open(mask_path) as msk:
+                image, mask = img.convert("RGB"), msk.copy()
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DataError(f"cannot decode {str(image_path)!r} or its mask: {exc}") from exc
         if mask.mode not in ("L", "P"):
-            raise ValueError(
+            raise DataError(
                 f"mask {str(mask_path)!r} has mode {mask.mode}; need single-channel 8-bit labels"
             )
         if image.size != mask.size:
-            raise ValueError(
+            raise DataError(
                 f"image {str(image_path)!r} is {image.size} but mask {str(mask_path)!r} is "
                 f"{mask.size} (width, height)"
             )
@@ -199,7 +201,7 @@ class Cityscapes(SegmentationFolder):
     """Cityscapes ``split`` (``train``/``val``/``test``) with 19 train-id classes.
 
     Raises:
-        FileNotFoundError: the layout is wrong, or only ``*_labelIds.png`` exist (the
+        DataError: the layout is wrong, or only ``*_labelIds.png`` exist (the
             message says how to write train ids: ``kdforge cityscapes-trainids ROOT``).
     """
 
@@ -212,7 +214,7 @@ class Cityscapes(SegmentationFolder):
         self.root, self.split = Path(root).expanduser(), split
         images, masks = self.root / "leftImg8bit" / split, self.root / "gtFine" / split
         if not images.is_dir() or not masks.is_dir():
-            raise FileNotFoundError(
+            raise DataError(
                 f"Cityscapes {split!r}: {str(images)!r} or {str(masks)!r} does not exist. "
                 f"Expected:\n{_LAYOUT}"
             )
@@ -231,45 +233,3 @@ class Cityscapes(SegmentationFolder):
             f"  kdforge cityscapes-trainids {self.root}\n"
             f"or in Python: kdforge.data.cityscapes.make_train_ids({str(self.root)!r})"
         )
-
-
-def build_segmentation_datasets(
-    root: str | Path,
-    layout: str = "cityscapes",
-    classes: Sequence[str] | int | None = None,
-    image_dir: str = "images/{split}",
-    mask_dir: str = "masks/{split}",
-    splits: tuple[str, str] = ("train", "val"),
-    **pipeline: Any,
-) -> tuple[SegmentationFolder, SegmentationFolder]:
-    """``(train, val)`` data sets with mmsegmentation's pipelines.
-
-    Args:
-        root: the data folder.
-        layout: ``"cityscapes"`` (official layout, 19 classes) or ``"folder"``
-            (``root/image_dir`` + ``root/mask_dir``, ``{split}`` filled in; the shapes
-            generator's layout is ``image_dir="{split}"``, ``mask_dir="masks/{split}"``).
-        classes: class names, or their number (named ``class_0`` ...); needed for
-            ``"folder"``.
-        image_dir: image folder below ``root`` (``"folder"`` layout).
-        mask_dir: mask folder below ``root`` (``"folder"`` layout).
-        splits: the training and validation split names.
-        **pipeline: :func:`segmentation_transforms` options (``crop_size``, ``scale``,
-            ``ratio_range``, ``cat_max_ratio``, ``flip_prob``, ``photometric``).
-    """
-    train_tf, val_tf = segmentation_transforms(**pipeline)
-    root = Path(root).expanduser()
-    if layout == "cityscapes":
-        return Cityscapes(root, splits[0], train_tf), Cityscapes(root, splits[1], val_tf)
-    if layout != "folder":
-        raise ValueError(f"layout must be 'cityscapes' or 'folder', got {layout!r}")
-    if classes is None:
-        raise ValueError("the 'folder' layout needs classes (names, or their number)")
-    names = [f"class_{i}" for i in range(classes)] if isinstance(classes, int) else classes
-    train, val = (
-        SegmentationFolder(
-            root / image_dir.format(split=split), root / mask_dir.format(split=split), tf, names
-        )
-        for split, tf in zip(splits, (train_tf, val_tf), strict=True)
-    )
-    return train, val

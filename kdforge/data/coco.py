@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from kdforge.data.det_transforms import detection_transforms
 from kdforge.data.transforms import ToTensor
+from kdforge.errors import DataError
 
-__all__ = ["COCO_LAYOUT", "CocoDetection", "build_coco_datasets", "read_coco_json"]
+__all__ = ["COCO_LAYOUT", "CocoDetection", "read_coco_json"]
 
 COCO_LAYOUT = """  <root>/
     ├── annotations/
@@ -39,8 +39,8 @@ COCO_LAYOUT = """  <root>/
 Target = dict[str, Any]
 
 
-def _fail(path: Path, where: str, problem: str) -> ValueError:
-    return ValueError(f"{str(path)!r}: {where}: {problem}. Expected COCO format:\n{COCO_LAYOUT}")
+def _fail(path: Path, where: str, problem: str) -> DataError:
+    return DataError(f"{str(path)!r}: {where}: {problem}. Expected COCO format:\n{COCO_LAYOUT}")
 
 
 def _int_field(path: Path, where: str, entry: Any, key: str) -> int:
@@ -56,15 +56,13 @@ def read_coco_json(path: str | Path) -> dict[str, Any]:
     """Load and check a COCO instances file; fills a missing ``area`` (w*h) and ``iscrowd`` (0).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: Invalid JSON, a missing top-level key or a malformed, duplicate or dangling
-            entry; the message names the file and the entry (``annotations[3] (id 17)``).
+        DataError: ``path`` does not exist, or holds invalid JSON, a missing top-level key or
+            a malformed, duplicate or dangling entry; the message names the file and the
+            entry (``annotations[3] (id 17)``).
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
-            f"annotation file {str(path)!r} does not exist. Expected:\n{COCO_LAYOUT}"
-        )
+        raise DataError(f"annotation file {str(path)!r} does not exist. Expected:\n{COCO_LAYOUT}")
     try:
         with path.open("rb") as f:
             data = json.load(f)
@@ -151,7 +149,7 @@ class CocoDetection(Dataset):
         root: The image folder (``coco/val2017``).
         ann_file: The instances JSON (``coco/annotations/instances_val2017.json``).
         transform: ``transform(pil_image, target) -> (image, target)``, e.g. from
-            ``detection_transforms``. Without one the image is ``ToTensor()``'s CHW in [0, 1].
+            ``kdforge.data.presets``. Without one the image is ``ToTensor()``'s CHW in [0, 1].
         filter_empty_gt: Drop images without annotations (mmdetection does so for training).
         min_size: Drop images whose shorter side is below this (mmdetection trains with 32).
 
@@ -173,7 +171,7 @@ class CocoDetection(Dataset):
         self.transform = transform
         data = read_coco_json(self.ann_file)
         if not self.root.is_dir():
-            raise FileNotFoundError(
+            raise DataError(
                 f"image folder {str(self.root)!r} does not exist. Expected:\n{COCO_LAYOUT}"
             )
         cats = sorted(data["categories"], key=lambda c: c["id"])
@@ -208,7 +206,7 @@ class CocoDetection(Dataset):
             shown = ", ".join(
                 f"image id {img['id']} {img['file_name']!r}" for _, img in missing[:5]
             )
-            raise FileNotFoundError(
+            raise DataError(
                 f"{len(missing)} of {len(self.images)} images listed in {str(self.ann_file)!r} are "
                 f"missing from {str(self.root)!r}: {shown}{' ...' if len(missing) > 5 else ''}. "
                 f"Expected:\n{COCO_LAYOUT}"
@@ -227,9 +225,9 @@ class CocoDetection(Dataset):
             with Image.open(path) as img:
                 rgb = img.convert("RGB")
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise OSError(f"cannot decode image {str(path)!r}: {exc}") from exc
+            raise DataError(f"cannot decode image {str(path)!r}: {exc}") from exc
         if rgb.size != (info["width"], info["height"]):
-            raise ValueError(
+            raise DataError(
                 f"image {str(path)!r} is {rgb.width}x{rgb.height} but {str(self.ann_file)!r} "
                 f"says {info['width']}x{info['height']} (image id {info['id']})"
             )
@@ -254,33 +252,3 @@ class CocoDetection(Dataset):
         return (
             f"CocoDetection(root={str(self.root)!r}, n={len(self)}, num_classes={self.num_classes})"
         )
-
-
-def build_coco_datasets(
-    root: str | Path,
-    train_split: str = "train2017",
-    val_split: str = "val2017",
-    scale: tuple[int, int] = (1333, 800),
-    train_scales: list[tuple[int, int]] | None = None,
-    multiscale_mode: str = "range",
-    normalize: str = "pytorch",
-) -> tuple[CocoDetection, CocoDetection]:
-    """``(train, val)`` from ``root/annotations/instances_<split>.json`` and ``root/<split>/``.
-
-    Training drops images without annotations or under 32 px and flips at random; see
-    ``detection_transforms`` for ``scale``, ``train_scales``, ``multiscale_mode`` and
-    ``normalize`` (``"caffe"`` for caffe-style backbones). Batch the items with
-    ``collate_detection``.
-    """
-    root = Path(root).expanduser()
-    train_tf, val_tf = detection_transforms(scale, train_scales, multiscale_mode, normalize)
-    ann = root / "annotations"
-    train = CocoDetection(
-        root / train_split,
-        ann / f"instances_{train_split}.json",
-        train_tf,
-        filter_empty_gt=True,
-        min_size=32,
-    )
-    val = CocoDetection(root / val_split, ann / f"instances_{val_split}.json", val_tf)
-    return train, val

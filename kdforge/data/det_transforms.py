@@ -28,7 +28,6 @@ __all__ = [
     "DetRandomResize",
     "DetResize",
     "collate_detection",
-    "detection_transforms",
     "rescale_boxes",
     "rescale_size",
 ]
@@ -193,28 +192,6 @@ class DetNormalize:
             f"DetNormalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
             f"{', to_bgr=True' if self.to_bgr else ''})"
         )
-
-
-def detection_transforms(
-    scale: Scale = (1333, 800),
-    train_scales: Sequence[Scale] | None = None,
-    multiscale_mode: str = "range",
-    normalize: str = "pytorch",
-) -> tuple[DetCompose, DetCompose]:
-    """mmdetection's standard ``(train, val)`` pipelines.
-
-    Train: keep-ratio resize to ``scale`` (or ``DetRandomResize(train_scales, multiscale_mode)``,
-    e.g. ``[(1333, 640), (1333, 800)]``), flip with p=0.5, normalise. Val: resize to ``scale``,
-    normalise. Padding to a multiple of 32 happens in ``collate_detection``. ``normalize`` is
-    ``"pytorch"`` (RGB, ImageNet mean and std: torchvision backbones) or ``"caffe"`` (BGR,
-    ``CAFFE_MEAN``, std 1: the Detectron backbones of mmdetection's caffe-style configs).
-    """
-    norms = {"pytorch": DetNormalize(), "caffe": DetNormalize(CAFFE_MEAN, (1.0,) * 3, to_bgr=True)}
-    if normalize not in norms:
-        raise ValueError(f"normalize must be 'pytorch' or 'caffe', got {normalize!r}")
-    resize = DetRandomResize(train_scales, multiscale_mode) if train_scales else DetResize(scale)
-    train = DetCompose([resize, DetRandomFlip(0.5), norms[normalize]])
-    return train, DetCompose([DetResize(scale), norms[normalize]])
 
 
 def collate_detection(

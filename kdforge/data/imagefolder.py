@@ -11,6 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from kdforge.data.transforms import ToTensor
+from kdforge.errors import DataError
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolder"]
 
@@ -38,7 +39,7 @@ class ImageFolder(Dataset):
         extensions: File endings counted as images.
 
     Raises:
-        FileNotFoundError: ``root`` is missing, has no class folders, or a class has no images.
+        DataError: ``root`` is missing, has no class folders, or a class has no images.
     """
 
     def __init__(
@@ -51,14 +52,12 @@ class ImageFolder(Dataset):
         self.transform = transform
         self.extensions = tuple(e.lower() for e in extensions)
         if not self.root.is_dir():
-            raise FileNotFoundError(
-                f"image folder {str(self.root)!r} does not exist. Expected:\n{_LAYOUT}"
-            )
+            raise DataError(f"image folder {str(self.root)!r} does not exist. Expected:\n{_LAYOUT}")
         self.classes: list[str] = sorted(
             d.name for d in os.scandir(self.root) if d.is_dir() and not d.name.startswith(".")
         )
         if not self.classes:
-            raise FileNotFoundError(
+            raise DataError(
                 f"image folder {str(self.root)!r} has no class sub-folders. Expected:\n{_LAYOUT}"
             )
         self.class_to_idx: dict[str, int] = {c: i for i, c in enumerate(self.classes)}
@@ -71,7 +70,7 @@ class ImageFolder(Dataset):
             self.samples.extend((f, idx) for f in files)
         if empty:
             shown = ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else "")
-            raise FileNotFoundError(
+            raise DataError(
                 f"image folder {str(self.root)!r}: {len(empty)} class folder(s) hold no images "
                 f"with extensions {self.extensions}: {shown}. Expected:\n{_LAYOUT}"
             )
@@ -95,13 +94,13 @@ class ImageFolder(Dataset):
         return len(self.classes)
 
     def load(self, index: int) -> Image.Image:
-        """Decode image ``index`` as RGB; a file Pillow cannot read raises ``OSError`` naming it."""
+        """Decode image ``index`` as RGB; an unreadable file raises ``DataError`` naming it."""
         path = self.samples[index][0]
         try:
             with Image.open(path) as img:
                 return img.convert("RGB")
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise OSError(f"cannot decode image {str(path)!r}: {exc}") from exc
+            raise DataError(f"cannot decode image {str(path)!r}: {exc}") from exc
 
     def __len__(self) -> int:
         return len(self.samples)

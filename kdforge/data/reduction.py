@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from kdforge.errors import ConfigError
+
 __all__ = ["ReducedDataset", "reduce_indices"]
 
 
@@ -39,9 +41,9 @@ def reduce_indices(
         Sorted by class, then by position in the data set.
     """
     if num_classes < 1:
-        raise ValueError(f"reduction keeps at least one class, got num_classes={num_classes}")
+        raise ConfigError(f"reduction keeps at least one class, got num_classes={num_classes}")
     if not 0.0 < rate <= 1.0:
-        raise ValueError(f"reduction rate must be in (0, 1], got {rate}")
+        raise ConfigError(f"reduction rate must be in (0, 1], got {rate}")
     labels = np.asarray(targets)
     order = np.argsort(labels, kind="stable")  # by class, file order inside a class
     keep = int(rate * per_class)
@@ -75,7 +77,7 @@ class ReducedDataset(Dataset):
         self.classes: list[str] = list(dataset.classes)
         kept = len(self.classes) if num_classes is None else num_classes
         if kept > len(self.classes):
-            raise ValueError(f"cannot keep {kept} classes of a data set with {len(self.classes)}")
+            raise ConfigError(f"cannot keep {kept} classes of a data set with {len(self.classes)}")
         self.indices = reduce_indices(dataset.targets, kept, rate, per_class)
         self.targets: list[int] = [int(dataset.targets[i]) for i in self.indices]
 

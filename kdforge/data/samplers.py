@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["RepeatedAugSampler"]
+__all__ = ["RepeatedAugSampler", "ShardSampler"]
 
 
 class RepeatedAugSampler(Sampler[int]):
@@ -85,3 +85,16 @@ class RepeatedAugSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_selected
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...``: disjoint shards that cover the data set once."""
+
+    def __init__(self, dataset: Sized, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = range(rank, len(dataset), world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

@@ -33,7 +33,6 @@ __all__ = [
     "SegRandomFlip",
     "SegRandomResize",
     "collate_segmentation",
-    "segmentation_transforms",
 ]
 
 SEG_MEAN, SEG_STD = DETECTION_MEAN, DETECTION_STD  # ImageNet, RGB, 0-255
@@ -208,32 +207,6 @@ class SegPad:
 
     def __repr__(self) -> str:
         return f"SegPad(size={self.size}, pad_val={self.pad_val}, seg_pad_val={self.seg_pad_val})"
-
-
-def segmentation_transforms(
-    crop_size: tuple[int, int] = (512, 1024),
-    scale: tuple[int, int] = (2048, 1024),
-    ratio_range: tuple[float, float] = (0.5, 2.0),
-    cat_max_ratio: float = 0.75,
-    flip_prob: float = 0.5,
-    photometric: bool = True,
-    ignore_index: int = 255,
-) -> tuple[SegCompose, SegCompose]:
-    """mmsegmentation's Cityscapes ``(train, val)`` pipelines.
-
-    Train: random resize (``scale × U(ratio_range)``, keep ratio), random crop ``crop_size``
-    ``(h, w)`` with ``cat_max_ratio``, flip, photometric distortion, normalise, pad to
-    ``crop_size`` (0 / ``ignore_index``). Val: normalise only (full resolution).
-    """
-    train = [
-        SegRandomResize(scale, ratio_range),
-        SegRandomCrop(crop_size, cat_max_ratio, ignore_index),
-        SegRandomFlip(flip_prob),
-        *([PhotoMetricDistortion()] if photometric else []),
-        SegNormalize(),
-        SegPad(crop_size, 0.0, ignore_index),
-    ]
-    return SegCompose(train), SegCompose([SegNormalize()])
 
 
 def collate_segmentation(

@@ -1,10 +1,11 @@
-"""Image transforms for classification, written on Pillow, numpy and torch.
+"""Image transforms for classification (primitives), written on Pillow, numpy and torch.
 
 Geometric transforms take a PIL image or a ``(..., H, W)`` tensor and return the same kind.
 Randomness comes only from torch's global RNG, so ``torch.manual_seed`` and DataLoader worker
 seeding make runs reproducible, and the draws match torchvision's for the same seed. Each random
 transform splits into ``sample_params(img)`` and ``apply(img, params)`` so that recorded
-augmentation parameters can be replayed; ``__call__`` does both.
+augmentation parameters can be replayed; ``__call__`` does both. :mod:`kdforge.data.presets`
+composes them into the data sets' pipelines.
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ __all__ = [
     "RandomTransform",
     "Resize",
     "ToTensor",
-    "cifar_transforms",
-    "imagenet_transforms",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -315,42 +314,3 @@ class Normalize(_Transform):
         mean = torch.tensor(self.mean, dtype=tensor.dtype, device=tensor.device)[:, None, None]
         std = torch.tensor(self.std, dtype=tensor.dtype, device=tensor.device)[:, None, None]
         return (tensor - mean) / std
-
-
-def cifar_transforms(
-    mean: Sequence[float] = CIFAR100_MEAN, std: Sequence[float] = CIFAR100_STD
-) -> tuple[Compose, Compose]:
-    """The standard CIFAR ``(train, val)`` transforms: pad-4 random crop and flip for training."""
-    normalize = Normalize(mean, std)
-    train = Compose([RandomCrop(32, padding=4), RandomHorizontalFlip(), ToTensor(), normalize])
-    return train, Compose([ToTensor(), normalize])
-
-
-def imagenet_transforms(
-    size: int = 224,
-    auto_augment: str | None = None,
-    random_erase: float = 0.0,
-    val_resize: int | None = None,
-) -> tuple[Compose, Compose]:
-    """The standard ImageNet ``(train, val)`` transforms, with torchvision's optional extras.
-
-    Train: RandomResizedCrop(size) + flip [+ TrivialAugmentWide (bilinear) when
-    ``auto_augment="ta_wide"``] + normalise [+ RandomErasing(p=random_erase)].
-    Val: Resize(val_resize, default size * 256 / 224) + CenterCrop(size), i.e.
-    Resize(256) + CenterCrop(224) at the default size.
-    """
-    from kdforge.data.autoaugment import TrivialAugmentWide
-    from kdforge.data.mixing import RandomErasing
-
-    if auto_augment not in (None, "ta_wide"):
-        raise ValueError(f"auto_augment must be None or 'ta_wide', got {auto_augment!r}")
-    normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train_ops = [RandomResizedCrop(size), RandomHorizontalFlip()]
-    if auto_augment == "ta_wide":
-        train_ops.append(TrivialAugmentWide(interpolation="bilinear"))
-    train_ops += [ToTensor(), normalize]
-    if random_erase > 0:
-        train_ops.append(RandomErasing(p=random_erase))
-    val_size = val_resize or round(size * 256 / 224)
-    val = Compose([Resize(val_size), CenterCrop(size), ToTensor(), normalize])
-    return Compose(train_ops), val

@@ -1,55 +1,72 @@
-"""The one place where a recipe (a resolved config) becomes objects and a training run."""
+"""The one place where a recipe (a resolved config) becomes objects and a training run.
+
+One builder per concept: :func:`build_data`, :func:`build_models`, :func:`build_distiller`,
+:func:`build_optimizer`, :func:`build_hooks`; :func:`build_trainer` chains them. Each rule
+is checked once, where the object it concerns is made.
+"""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, default_collate
 
 from kdforge.cache.format import TeacherCache, fingerprint_sections
 from kdforge.cache.replay import ReplayDataset, replay_collate
 from kdforge.cache.writer import cached_outputs
-from kdforge.config import ConfigError, save_config
+from kdforge.config import save_config
 from kdforge.data.mixing import MixupCollate
-from kdforge.data.samplers import RepeatedAugSampler
-from kdforge.distiller import TEACHER_DTYPES, Distiller
+from kdforge.data.samplers import RepeatedAugSampler, ShardSampler
+from kdforge.distiller import Distiller
+from kdforge.engine import hooks as H
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.distributed import DistInfo, init_distributed
 from kdforge.engine.ema import ModelEMA, adjusted_ema_decay
-from kdforge.engine.logging import RunLogger
-from kdforge.engine.optim import build_optimizer, build_scheduler, parameter_groups
-from kdforge.engine.tasks import TASKS, Task
-from kdforge.engine.trainer import AMP_DTYPES, Trainer, seed_everything
+from kdforge.engine.optim import make_optimizer, make_scheduler, parameter_groups
+from kdforge.engine.seeding import seed_everything
+from kdforge.engine.tasks import Task, get_task
+from kdforge.engine.trainer import Trainer, check_amp
+from kdforge.errors import ConfigError
 from kdforge.losses import TERMS, LossTerm
 from kdforge.models import create_model
 
 __all__ = [
-    "ShardSampler",
-    "build_loaders",
+    "Optimizers",
+    "build_data",
+    "build_distiller",
+    "build_hooks",
     "build_model",
+    "build_models",
+    "build_optimizer",
     "build_terms",
     "build_trainer",
 ]
 
 
-class ShardSampler(Sampler[int]):
-    """Indices ``rank, rank + world, ...``: disjoint shards that cover the data set once."""
-
-    def __init__(self, dataset: Dataset, rank: int = 0, world_size: int = 1) -> None:
-        self.indices = range(rank, len(dataset), world_size)
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
+def _kwargs_error(where: str, cls: type, spec: dict[str, Any]) -> str | None:
+    """What is wrong with calling ``cls(**spec)``, or None."""
+    params = {
+        name: p
+        for name, p in inspect.signature(cls).parameters.items()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+    unknown = sorted(set(spec) - set(params))
+    if unknown:
+        return f"{where}: unknown key(s) {unknown}; valid keys: type, {', '.join(params)}"
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in spec]
+    if missing:
+        return f"{where}: missing required key(s) {missing}"
+    return None
 
 
 def build_terms(loss_cfg: dict[str, Any]) -> dict[str, LossTerm]:
@@ -63,19 +80,13 @@ def build_terms(loss_cfg: dict[str, Any]) -> dict[str, LossTerm]:
                 f"loss.{name}: unknown loss type {kind!r}; valid types: {', '.join(TERMS)} "
                 "(set `type:` when the term's name is not its type)"
             )
-        params = inspect.signature(TERMS[kind]).parameters
-        unknown = sorted(set(spec) - set(params))
-        if unknown:
-            raise ConfigError(
-                f"loss.{name} ({kind}): unknown key(s) {unknown}; valid keys: type, "
-                f"{', '.join(params)}"
-            )
-        missing = [
-            p for p, v in params.items() if v.default is inspect.Parameter.empty and p not in spec
-        ]
-        if missing:
-            raise ConfigError(f"loss.{name} ({kind}): missing required key(s) {missing}")
-        terms[name] = TERMS[kind](**spec)
+        problem = _kwargs_error(f"loss.{name} ({kind})", TERMS[kind], spec)
+        if problem:
+            raise ConfigError(problem)
+        try:
+            terms[name] = TERMS[kind](**spec)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"loss.{name} ({kind}): {err}") from err
     return terms
 
 
@@ -89,11 +100,11 @@ def build_model(model_cfg: DictConfig, num_classes: int) -> nn.Module:
     )
 
 
-def build_loaders(
+def build_data(
     data_cfg: DictConfig,
     dist: DistInfo,
     seed: int,
-    task: Task = TASKS["classification"],
+    task: Task,
     cache: TeacherCache | None = None,
 ) -> tuple[DataLoader, DataLoader, int]:
     """Train and validation loaders (sharded over processes) and the number of classes.
@@ -104,7 +115,6 @@ def build_loaders(
     if cache is not None:
         train_set = ReplayDataset(train_set, cache)
     pin = dist.device.type == "cuda"
-    workers = data_cfg.num_workers
     if data_cfg.repeated_aug > 1:
         train_sampler: Sampler[int] = RepeatedAugSampler(
             train_set, dist.world_size, dist.rank, seed=seed, repetitions=data_cfg.repeated_aug
@@ -117,111 +127,49 @@ def build_loaders(
     if mixup > 0 and task.collate is not None:
         raise ConfigError("data.mixup_alpha applies to classification only; set it to 0")
     collate = MixupCollate(train_set.num_classes, mixup) if mixup > 0 else task.collate
-    if cache is not None:
-        collate = replay_collate
     train = DataLoader(
         train_set,
         batch_size=data_cfg.batch_size,
         sampler=train_sampler,
-        num_workers=workers,
+        num_workers=data_cfg.num_workers,
         pin_memory=pin,
         drop_last=False,
         generator=torch.Generator(),
-        collate_fn=collate,
+        collate_fn=replay_collate if cache is not None else collate,
     )
     val = DataLoader(
         val_set,
         batch_size=data_cfg.eval_batch_size or data_cfg.batch_size,
         sampler=ShardSampler(val_set, dist.rank, dist.world_size),
-        num_workers=workers,
+        num_workers=data_cfg.num_workers,
         collate_fn=task.collate,
         pin_memory=pin,
     )
     return train, val, train_set.num_classes
 
 
-def _open_cache(cfg: DictConfig, terms: dict[str, LossTerm]) -> TeacherCache:
-    """Open ``teacher.cache`` after checking, before any long work, that the run can use it."""
-    cached_outputs(cfg, terms)  # raises for what a cache cannot replace
-    cache = TeacherCache(cfg.teacher.cache)
-    epochs = 1 if cfg.schedule.iters else cfg.schedule.epochs  # iters: checked once known
-    cache.check_fits(fingerprint_sections(cfg, *cached_outputs(cfg, terms)), epochs)
-    return cache
-
-
-def _run_dir(cfg: DictConfig, recipe_name: str, dist: DistInfo) -> Path:
-    name = cfg.train.name or f"{recipe_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if dist.distributed:  # every process must use rank 0's folder name
-        box = [name]
-        torch.distributed.broadcast_object_list(box, src=0)
-        name = box[0]
-    return Path(cfg.train.out_dir) / name
-
-
-def build_trainer(
-    cfg: DictConfig,
-    recipe_name: str = "run",
-    resume: str | Path | None = None,
-    dist: DistInfo | None = None,
-) -> Trainer:
-    """Build data, models, loss terms, optimizer, schedule and the trainer from ``cfg``.
-
-    With ``resume`` (a run folder), the trainer continues from its ``last.pt``.
-    """
-    dist = dist or init_distributed(cfg.train.device)
-    seed_everything(cfg.train.seed)
-    if cfg.task not in TASKS:
-        raise ConfigError(f"unknown task {cfg.task!r}; valid tasks: {', '.join(TASKS)}")
-    task = TASKS[cfg.task]
-    terms = build_terms(OmegaConf.to_container(cfg.loss, resolve=True) or {task.loss: {}})
-    if any(t.needs_teacher for t in terms.values()) and cfg.teacher.name is None:
-        raise ConfigError("the loss terms need a teacher but teacher.name is not set")
-    if cfg.train.amp not in AMP_DTYPES:
-        raise ConfigError(f"train.amp must be one of {list(AMP_DTYPES)}, got {cfg.train.amp!r}")
-    readers = [n for n, t in terms.items() if t.needs_teacher and t.needs_teacher_output]
-    if cfg.teacher.truncate and readers:
-        raise ConfigError(
-            f"teacher.truncate: loss terms {readers} read the teacher's output, so the "
-            "teacher cannot stop early; set teacher.truncate=false"
-        )
-    if cfg.teacher.dtype not in TEACHER_DTYPES:
-        raise ConfigError(
-            f"teacher.dtype must be one of {list(TEACHER_DTYPES)}, got {cfg.teacher.dtype!r}"
-        )
-    cache = _open_cache(cfg, terms) if cfg.teacher.cache else None
-    train_loader, val_loader, num_classes = build_loaders(
-        cfg.data, dist, cfg.train.seed, task, cache
-    )
+def build_models(
+    cfg: DictConfig, num_classes: int, dist: DistInfo, with_teacher: bool = True
+) -> tuple[nn.Module | None, nn.Module]:
+    """``(teacher or None, student)`` on the run's device; SyncBN in the student if asked."""
     student = build_model(cfg.student, num_classes).to(dist.device)
     if cfg.train.sync_bn and dist.distributed:  # BN statistics over the global batch
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
     teacher = None
-    if cfg.teacher.name and cache is None:
+    if cfg.teacher.name and with_teacher:
         teacher = build_model(cfg.teacher, num_classes).to(dist.device)
-    amp_dtype = AMP_DTYPES[cfg.train.amp]
+    return teacher, student
 
-    def evaluate(model: nn.Module) -> dict[str, float]:
-        return task.evaluate(model, val_loader, dist.device, amp_dtype, cfg.train.max_eval_batches)
 
-    run_dir = Path(resume) if resume else _run_dir(cfg, recipe_name, dist)
-    if not resume and (run_dir / "last.pt").exists():
-        raise FileExistsError(
-            f"{run_dir} already holds a run; resume it with --resume {run_dir} or pick another "
-            "train.name"
-        )
-    log = RunLogger(run_dir, enabled=dist.is_main)
-    if dist.is_main:
-        save_config(cfg, run_dir / "config.yaml")
-    if teacher is not None and not resume:
-        metrics = evaluate(teacher)
-        log.log("teacher", 0, **metrics)
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-        log.print(f"teacher {cfg.teacher.name}: {shown}")
-        if cfg.train.check_teacher:
-            task.check_teacher(metrics, num_classes, cfg.teacher.name)
-
-    items = [train_loader.dataset[i] for i in range(2)]
-    example, example_targets = (train_loader.collate_fn or default_collate)(items)
+def build_distiller(
+    cfg: DictConfig,
+    teacher: nn.Module | None,
+    student: nn.Module,
+    terms: dict[str, LossTerm],
+    loader: DataLoader,
+    cached: bool = False,
+) -> Distiller:
+    """The Distiller with the recipe's teacher options, probed on two training items."""
     distiller = Distiller(
         teacher,
         student,
@@ -230,36 +178,43 @@ def build_trainer(
         teacher_dtype=cfg.teacher.dtype,
         teacher_channels_last=cfg.teacher.channels_last,
         truncate_teacher=cfg.teacher.truncate,
-        cached_teacher=cache is not None,
+        cached_teacher=cached,
     )
-    distiller.probe(example.to(dist.device), example_targets)
+    items = [loader.dataset[i] for i in range(2)]
+    example, example_targets = (loader.collate_fn or default_collate)(items)
+    device = next(student.parameters()).device
+    distiller.probe(example.to(device), example_targets)
     if cfg.train.compile:
         distiller.compile_models()
-    # Parameters with an objective of their own (e.g. CAKD's discriminator) get their own
-    # optimizer and stay out of DDP's gradient sync; the trainer averages their gradients.
-    aux_terms = [t for t in terms.values() if t.auxiliary_parameters()]
-    aux_ids = {id(p) for t in aux_terms for p in t.auxiliary_parameters()}
-    model: nn.Module = distiller
-    if dist.distributed:
-        if aux_ids:
-            ignored = [n for n, p in distiller.named_parameters() if id(p) in aux_ids]
-            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-                distiller, ignored
-            )
-        ids = [dist.local_rank] if dist.device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(distiller, device_ids=ids)
+    return distiller
+
+
+@dataclass
+class Optimizers:
+    """The main optimizer and schedule, and the auxiliary ones (None without auxiliary
+    parameters); ``epochs`` and ``max_steps`` as the schedule resolves them."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    auxiliary: torch.optim.Optimizer | None
+    auxiliary_scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    epochs: int
+    max_steps: int | None
+
+
+def build_optimizer(
+    cfg: DictConfig, distiller: Distiller, dist: DistInfo, steps_per_epoch: int
+) -> Optimizers:
+    """The optimizer over the student and connectors (parameter groups by the recipe), its
+    schedule, and a separate optimizer for the terms' auxiliary parameters."""
     optim = cfg.optim
     lr = optim.lr
     if optim.base_batch_size:  # linear scaling rule: lr is given for base_batch_size images
         lr = optim.lr * dist.world_size * cfg.data.batch_size / optim.base_batch_size
-    options = (
-        optim.name,
-        lr,
-        optim.momentum,
-        optim.nesterov,
-        tuple(optim.betas),
-        optim.weight_decay,
-    )
+    options = (optim.name, lr, optim.momentum, optim.nesterov, tuple(optim.betas))
+    options += (optim.weight_decay,)
+    aux_terms = [t for t in distiller.terms.values() if t.auxiliary_parameters()]
+    aux_ids = {id(p) for t in aux_terms for p in t.auxiliary_parameters()}
     groups = parameter_groups(
         distiller,
         lr,
@@ -268,58 +223,165 @@ def build_trainer(
         optim.bias_weight_decay,
         exclude=aux_ids,
     )
-    optimizer = build_optimizer(groups, *options)
+    optimizer = make_optimizer(groups, *options)
     schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
     epochs = schedule.pop("epochs")
     max_steps = cfg.train.max_steps
     if schedule["iters"]:  # an iteration budget (mmsegmentation style): enough epochs for it
-        epochs = math.ceil(schedule["iters"] / len(train_loader))
+        epochs = math.ceil(schedule["iters"] / steps_per_epoch)
         max_steps = min(max_steps or schedule["iters"], schedule["iters"])
-    scheduler = build_scheduler(optimizer, len(train_loader), epochs, **dict(schedule))
-    aux_optimizer = aux_scheduler = None
+    scheduler = make_scheduler(optimizer, steps_per_epoch, epochs, **schedule)
+    auxiliary = auxiliary_scheduler = None
     if aux_terms:
         aux_groups = [
             {"params": t.auxiliary_parameters(), "lr": lr * t.auxiliary_lr_scale} for t in aux_terms
         ]
-        aux_optimizer = build_optimizer(aux_groups, *options)
-        aux_scheduler = build_scheduler(aux_optimizer, len(train_loader), epochs, **schedule)
-    ema = None
-    if cfg.train.ema_decay is not None:
+        auxiliary = make_optimizer(aux_groups, *options)
+        auxiliary_scheduler = make_scheduler(auxiliary, steps_per_epoch, epochs, **schedule)
+    return Optimizers(optimizer, scheduler, auxiliary, auxiliary_scheduler, epochs, max_steps)
+
+
+def _user_hook(index: int, spec: dict[str, Any]) -> H.HookBase:
+    """``{type: "package.module.Class", **kwargs}`` -> that hook."""
+    spec = dict(spec)
+    where = f"train.hooks[{index}]"
+    path = spec.pop("type", None)
+    if not isinstance(path, str) or "." not in path:
+        raise ConfigError(f"{where}: set type to a hook class path, e.g. mypackage.hooks.MyHook")
+    module_name, _, class_name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"{where}: cannot import {path!r} ({err})") from err
+    if not (inspect.isclass(cls) and issubclass(cls, H.HookBase)):
+        raise ConfigError(f"{where}: {path} is not a subclass of kdforge.engine.hooks.HookBase")
+    problem = _kwargs_error(f"{where} ({path})", cls, spec)
+    if problem:
+        raise ConfigError(problem)
+    return cls(**spec)
+
+
+def build_hooks(
+    cfg: DictConfig,
+    task: Task,
+    evaluate: Callable[[nn.Module], dict[str, Any]],
+    distiller: Distiller,
+    optimizers: Optimizers,
+    dist: DistInfo,
+    meta: dict[str, Any],
+) -> list[H.HookBase]:
+    """The run's hooks, in the order they are called: stop-distillation, auxiliary
+    optimizer, EMA, teacher check, evaluation, the recipe's ``train.hooks``,
+    checkpointing, logging, progress."""
+    train = cfg.train
+    hooks: list[H.HookBase] = []
+    if train.stop_distillation is not None:
+        hooks.append(H.StopDistillationHook(train.stop_distillation))
+    if optimizers.auxiliary is not None:
+        hooks.append(H.AuxiliaryOptimizerHook(optimizers.auxiliary, optimizers.auxiliary_scheduler))
+    extra_models = {}
+    if train.ema_decay is not None:
         images_per_step = dist.world_size * cfg.data.batch_size
         decay = adjusted_ema_decay(
-            cfg.train.ema_decay, images_per_step, cfg.train.ema_steps, epochs
+            train.ema_decay, images_per_step, train.ema_steps, optimizers.epochs
         )
-        ema = ModelEMA(student, decay, cfg.train.ema_steps, cfg.schedule.warmup_epochs)
+        ema = ModelEMA(distiller.student, decay, train.ema_steps, cfg.schedule.warmup_epochs)
+        hooks.append(H.EMAHook(ema))
+        extra_models["ema"] = ema.module
+    if distiller.teacher is not None:
+        check = None
+        if train.check_teacher:
+
+            def check(metrics: dict[str, Any]) -> None:
+                task.check_teacher(metrics, meta["num_classes"], cfg.teacher.name)
+
+        hooks.append(H.TeacherCheckHook(evaluate, check, f"teacher {cfg.teacher.name}"))
+    hooks.append(H.EvalHook(evaluate, task.metric, train.eval_every, extra_models))
+    hooks += [_user_hook(i, spec) for i, spec in enumerate(train.hooks)]
+    hooks += [
+        H.CheckpointHook(meta),
+        H.LoggingHook(train.log_every),
+        H.ProgressHook(train.log_every),
+    ]
+    return hooks
+
+
+def _open_cache(cfg: DictConfig, terms: dict[str, LossTerm]) -> TeacherCache:
+    """Open ``teacher.cache`` after checking, before any long work, that the run can use it."""
+    outputs = cached_outputs(cfg, terms)  # raises for what a cache cannot replace
+    cache = TeacherCache(cfg.teacher.cache)
+    epochs = 1 if cfg.schedule.iters else cfg.schedule.epochs  # iters: checked once known
+    cache.check_fits(fingerprint_sections(cfg, *outputs), epochs)
+    return cache
+
+
+def _run_dir(cfg: DictConfig, recipe_name: str, dist: DistInfo, resume: str | Path | None) -> Path:
+    if resume:
+        return Path(resume)
+    name = cfg.train.name or f"{recipe_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if dist.distributed:  # every process must use rank 0's folder name
+        box = [name]
+        torch.distributed.broadcast_object_list(box, src=0)
+        name = box[0]
+    run_dir = Path(cfg.train.out_dir) / name
+    if (run_dir / "last.pt").exists():
+        raise ConfigError(
+            f"{run_dir} already holds a run; resume it with --resume {run_dir} or pick another "
+            "train.name"
+        )
+    return run_dir
+
+
+def build_trainer(
+    cfg: DictConfig,
+    recipe_name: str = "run",
+    resume: str | Path | None = None,
+    dist: DistInfo | None = None,
+) -> Trainer:
+    """Build data, models, terms, optimizer, hooks and the trainer from ``cfg``.
+
+    With ``resume`` (a run folder), the trainer continues from its ``last.pt``.
+    """
+    dist = dist or init_distributed(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    task = get_task(cfg.task)
+    amp_dtype = check_amp(cfg.train.amp, dist.device)  # before the data: fail early
+    terms = build_terms(OmegaConf.to_container(cfg.loss, resolve=True) or {task.loss: {}})
+    cache = _open_cache(cfg, terms) if cfg.teacher.cache else None
+    train_loader, val_loader, num_classes = build_data(cfg.data, dist, cfg.train.seed, task, cache)
+    teacher, student = build_models(cfg, num_classes, dist, with_teacher=cache is None)
+    distiller = build_distiller(cfg, teacher, student, terms, train_loader, cache is not None)
+    optimizers = build_optimizer(cfg, distiller, dist, len(train_loader))
+    if cache is not None:
+        cache.check_fits(fingerprint_sections(cfg, *cached_outputs(cfg, terms)), optimizers.epochs)
+
+    def evaluate(model: nn.Module) -> dict[str, Any]:
+        return task.evaluate(model, val_loader, dist.device, amp_dtype, cfg.train.max_eval_batches)
+
     meta = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "student_name": cfg.student.name,
         "num_classes": cfg.student.num_classes or num_classes,
     }
+    hooks = build_hooks(cfg, task, evaluate, distiller, optimizers, dist, meta)
+    run_dir = _run_dir(cfg, recipe_name, dist, resume)
     trainer = Trainer(
-        model,
-        optimizer,
-        scheduler,
+        distiller,
+        optimizers.optimizer,
+        optimizers.scheduler,
         train_loader,
-        evaluate,
-        run_dir,
-        epochs,
-        dist,
-        metric=task.metric,
+        optimizers.epochs,
+        hooks,
+        run_dir=run_dir,
+        dist=dist,
         amp=cfg.train.amp,
-        clip_grad_norm=optim.clip_grad_norm,
+        clip_grad_norm=cfg.optim.clip_grad_norm,
         seed=cfg.train.seed,
-        max_steps=max_steps,
-        eval_every=cfg.train.eval_every,
-        log_every=cfg.train.log_every,
-        logger=log,
-        meta=meta,
-        aux_optimizer=aux_optimizer,
-        aux_scheduler=aux_scheduler,
-        ema=ema,
+        max_steps=optimizers.max_steps,
     )
-    if cache is not None:
-        cache.check_fits(fingerprint_sections(cfg, *cached_outputs(cfg, terms)), epochs)
+    if dist.is_main:
+        save_config(cfg, run_dir / "config.yaml")
     if resume:
         trainer.load_state_dict(load_checkpoint(run_dir / "last.pt"))
-        log.print(f"resumed {run_dir} after epoch {trainer.epoch} (step {trainer.step})")
+        trainer.logger.print(f"resumed {run_dir} after epoch {trainer.epoch} (step {trainer.step})")
     return trainer

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from kdforge.errors import CheckpointError
+
 __all__ = ["load_checkpoint", "save_checkpoint"]
 
 
@@ -33,5 +35,5 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a kdforge training checkpoint onto the CPU."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     return torch.load(path, map_location="cpu", weights_only=False)

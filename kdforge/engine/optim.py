@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["build_optimizer", "build_scheduler", "lr_factor", "parameter_groups"]
+__all__ = ["lr_factor", "make_optimizer", "make_scheduler", "parameter_groups"]
 
 _NORM_LAYERS = (
     nn.modules.batchnorm._BatchNorm,
@@ -57,7 +57,7 @@ def parameter_groups(
     return list(groups.values())
 
 
-def build_optimizer(
+def make_optimizer(
     params: Iterable[torch.nn.Parameter] | list[dict],
     name: str = "sgd",
     lr: float = 0.05,
@@ -129,7 +129,7 @@ def lr_factor(
     return factor
 
 
-def build_scheduler(
+def make_scheduler(
     optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int, **schedule
 ) -> LambdaLR:
     """A ``LambdaLR`` stepped once per optimizer step, following :func:`lr_factor`."""

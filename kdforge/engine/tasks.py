@@ -1,7 +1,8 @@
 """What differs between classification, detection and segmentation runs, a record each.
 
-A recipe's ``task`` key picks one. The trainer itself knows no task: it gets batches,
-a loss dict and an evaluation function.
+A recipe's ``task`` key picks one (:func:`get_task`). The trainer itself knows no task: it
+gets batches, a loss dict and an evaluation function; the analysis commands read a task's
+input view and confusion counts.
 """
 
 from __future__ import annotations
@@ -11,18 +12,40 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from kdforge.data import build_datasets
-from kdforge.data.cityscapes import build_segmentation_datasets
-from kdforge.data.coco import build_coco_datasets
-from kdforge.data.det_transforms import collate_detection
+from kdforge.data import build_coco_datasets, build_datasets, build_segmentation_datasets
+from kdforge.data import transforms as T
+from kdforge.data.det_transforms import collate_detection, rescale_boxes
+from kdforge.data.presets import classification_view, detection_eval, segmentation_eval
 from kdforge.data.seg_transforms import collate_segmentation
-from kdforge.engine.evaluate import evaluate_classifier, evaluate_detector
-from kdforge.engine.seg_eval import evaluate_segmentation
+from kdforge.engine.eval import (
+    classification_confusion,
+    confusion_matrix,
+    detection_confusion,
+    evaluate_classifier,
+    evaluate_detector,
+    evaluate_segmentation,
+    segmentation_logits,
+)
+from kdforge.errors import ConfigError
+from kdforge.models.segmentation.seg_loss import upsample_logits
 
-__all__ = ["TASKS", "Task", "check_detector_ap", "check_segmentor_miou", "check_teacher_accuracy"]
+__all__ = [
+    "TASKS",
+    "Task",
+    "check_detector_ap",
+    "check_segmentor_miou",
+    "check_teacher_accuracy",
+    "get_task",
+]
+
+View = tuple[np.ndarray, Tensor]  # (picture (H, W, 3) uint8, model input (1, 3, H', W'))
 
 
 def check_teacher_accuracy(metrics: dict[str, float], num_classes: int, name: str) -> None:
@@ -31,7 +54,7 @@ def check_teacher_accuracy(metrics: dict[str, float], num_classes: int, name: st
     chance = 100.0 / num_classes
     sigma = 100.0 * math.sqrt((chance / 100) * (1 - chance / 100) / max(count, 1))
     if top1 <= chance + 3 * sigma:
-        raise RuntimeError(
+        raise ConfigError(
             f"teacher {name!r} scores {top1:.2f}% top-1 on the validation set, no better than "
             f"chance ({chance:.2f}%). Set teacher.pretrained to a trained checkpoint, or "
             "train.check_teacher=false to distil from it anyway."
@@ -41,7 +64,7 @@ def check_teacher_accuracy(metrics: dict[str, float], num_classes: int, name: st
 def check_detector_ap(metrics: dict[str, float], num_classes: int, name: str) -> None:
     """Fail when the teacher detector finds (almost) nothing: AP under 1 point."""
     if metrics["AP"] < 0.01:
-        raise RuntimeError(
+        raise ConfigError(
             f"teacher {name!r} scores {metrics['AP']:.3f} COCO AP on the validation set: it "
             "detects nothing. Set teacher.pretrained to a trained detector (an mmdetection "
             "checkpoint converts with `kdforge convert mmdet`), or train.check_teacher=false."
@@ -51,7 +74,7 @@ def check_detector_ap(metrics: dict[str, float], num_classes: int, name: str) ->
 def check_segmentor_miou(metrics: dict[str, float], num_classes: int, name: str) -> None:
     """Fail when the teacher segmentor is no better than labelling every pixel one class."""
     if metrics["mIoU"] <= 100.0 / num_classes:
-        raise RuntimeError(
+        raise ConfigError(
             f"teacher {name!r} scores {metrics['mIoU']:.2f} mIoU on the validation set, no "
             f"better than one class everywhere ({100.0 / num_classes:.2f}). Set "
             "teacher.pretrained to a trained segmentor (`kdforge convert mmseg` converts "
@@ -59,38 +82,42 @@ def check_segmentor_miou(metrics: dict[str, float], num_classes: int, name: str)
         )
 
 
+def _options(data_cfg: DictConfig, tuples: tuple[str, ...]) -> dict[str, Any]:
+    """``data.options`` as a dict, the keys in ``tuples`` (YAML lists) as tuples."""
+    options: dict[str, Any] = OmegaConf.to_container(data_cfg.options, resolve=True)
+    return {k: tuple(v) if k in tuples else v for k, v in options.items()}
+
+
 def _classification_data(data_cfg: DictConfig) -> tuple[Dataset, Dataset]:
-    options = OmegaConf.to_container(data_cfg.options, resolve=True)
-    return build_datasets(data_cfg.name, data_cfg.root, **options)
+    return build_datasets(data_cfg.name, data_cfg.root, **_options(data_cfg, ()))
+
+
+def _detection_options(data_cfg: DictConfig) -> dict[str, Any]:
+    if data_cfg.name != "coco":
+        raise ConfigError(
+            f"task detection reads COCO-format data: set data.name=coco, not {data_cfg.name!r}"
+        )
+    options = _options(data_cfg, ("scale",))
+    if options.get("train_scales"):
+        options["train_scales"] = [tuple(s) for s in options["train_scales"]]
+    return options
 
 
 def _detection_data(data_cfg: DictConfig) -> tuple[Dataset, Dataset]:
-    if data_cfg.name != "coco":
-        raise ValueError(
-            f"task detection reads COCO-format data: set data.name=coco, not {data_cfg.name!r}"
-        )
-    options: dict[str, Any] = OmegaConf.to_container(data_cfg.options, resolve=True)
-    for key in ("scale",):
-        if key in options:
-            options[key] = tuple(options[key])
-    if options.get("train_scales"):
-        options["train_scales"] = [tuple(s) for s in options["train_scales"]]
-    return build_coco_datasets(data_cfg.root, **options)
+    return build_coco_datasets(data_cfg.root, **_detection_options(data_cfg))
 
 
 _SEG_DATA = {"cityscapes": "cityscapes", "segfolder": "folder"}
+_SEG_TUPLES = ("crop_size", "scale", "ratio_range", "splits", "slide_crop", "slide_stride")
 
 
 def _segmentation_data(data_cfg: DictConfig) -> tuple[Dataset, Dataset]:
     if data_cfg.name not in _SEG_DATA:
-        raise ValueError(
+        raise ConfigError(
             f"task segmentation reads data.name cityscapes or segfolder, not {data_cfg.name!r}"
         )
-    options: dict[str, Any] = OmegaConf.to_container(data_cfg.options, resolve=True)
+    options = _options(data_cfg, _SEG_TUPLES)
     inference = options.pop("inference", "whole")  # how evaluate_segmentation runs
-    for key in ("crop_size", "scale", "ratio_range", "splits", "slide_crop", "slide_stride"):
-        if key in options:
-            options[key] = tuple(options[key])
     slide = {k: options.pop(f"slide_{k}") for k in ("crop", "stride") if f"slide_{k}" in options}
     train, val = build_segmentation_datasets(
         data_cfg.root, layout=_SEG_DATA[data_cfg.name], **options
@@ -114,45 +141,172 @@ def _evaluate_segmentor(model, loader, device, amp_dtype=None, max_batches=None)
     )
 
 
+def _classification_view(data_cfg: DictConfig, image: Image.Image) -> View:
+    """Resized (and cropped) to the model's input size, as the data set's images are."""
+    resize, normalize = classification_view(data_cfg.name, data_cfg.options)
+    view = resize(image)
+    x = T.ToTensor()(view)
+    return np.asarray(view), (normalize(x) if normalize is not None else x)[None]
+
+
+def _pipeline_view(pipeline: Callable, collate: Callable, image: Image.Image, blank: Any) -> View:
+    """Through the validation pipeline with an empty ``blank`` target, batched as the task
+    batches (detection pads to a multiple of 32: ``H', W' >= H, W``, bottom and right)."""
+    item = pipeline(image, blank)
+    height, width = item[0].shape[-2:]
+    picture = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
+    return picture, collate([item])[0]
+
+
+def _detection_view(data_cfg: DictConfig, image: Image.Image) -> View:
+    options = _detection_options(data_cfg)
+    pipeline = detection_eval(**{k: options[k] for k in ("scale", "normalize") if k in options})
+    width, height = image.size
+    blank = {
+        "boxes": torch.zeros(0, 4),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "ignore_boxes": torch.zeros(0, 4),
+        "image_id": 0,
+        "orig_size": (height, width),
+        "img_shape": (height, width),
+        "scale_factor": (1.0, 1.0),
+        "flip": False,
+    }
+    return _pipeline_view(pipeline, collate_detection, image, blank)
+
+
+def _segmentation_view(data_cfg: DictConfig, image: Image.Image) -> View:
+    unlabelled = Image.new("L", image.size, 255)
+    return _pipeline_view(segmentation_eval(), collate_segmentation, image, unlabelled)
+
+
+def _classification_counts(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    val: Dataset,
+    score_thr: float,
+    iou_thr: float,
+) -> Tensor:
+    return classification_confusion(model(images).argmax(1).cpu(), targets, val.num_classes)
+
+
+def _segmentation_counts(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    val: Dataset,
+    score_thr: float,
+    iou_thr: float,
+) -> Tensor:
+    logits = segmentation_logits(model, images, val.num_classes, **getattr(val, "inference", {}))
+    pred = upsample_logits(logits, tuple(targets.shape[-2:])).argmax(1).cpu()
+    return confusion_matrix(pred, targets, val.num_classes)
+
+
+def _detection_counts(
+    model: nn.Module,
+    images: Tensor,
+    targets: list,
+    val: Dataset,
+    score_thr: float,
+    iou_thr: float,
+) -> Tensor:
+    k = val.num_classes
+    matrix = torch.zeros(k + 1, k + 1, dtype=torch.int64)
+    results = model.predict(model(images), [t["img_shape"] for t in targets])
+    for result, target in zip(results, targets, strict=True):
+        matrix += detection_confusion(
+            rescale_boxes(result["boxes"].float().cpu(), target),
+            result["scores"].cpu(),
+            result["labels"].cpu(),
+            rescale_boxes(target["boxes"].float(), target),
+            target["labels"],
+            k,
+            score_thr,
+            iou_thr,
+        )
+    return matrix
+
+
 @dataclass(frozen=True)
 class Task:
     """One kind of run.
 
     Attributes:
+        name: the recipe's ``task`` value.
         metric: the evaluation key that selects ``best.pt`` (higher is better).
         loss: the loss term of the ground truth, used when a recipe lists no loss.
         build_datasets: ``data config -> (train, val)`` data sets with ``num_classes``.
         collate: batches items into ``(inputs, targets)`` (None: torch's default).
         evaluate: ``(model, loader, device, amp_dtype, max_batches) -> metrics``.
         check_teacher: ``(metrics, num_classes, name)``; raises if the teacher is useless.
+        counted: what the evaluation's ``count`` counts, for messages.
+        view: ``(data config, PIL image) -> (picture (H, W, 3) uint8, input (1, 3, H', W'))``:
+            any image file as the models see it, from the recipe alone.
+        confusion: ``(model, images, targets, val set, score_thr, iou_thr) -> counts`` of one
+            batch, rows the true class, columns the predicted one: ``(K, K)``, or
+            ``(K + 1, K + 1)`` with background last when detections are matched to boxes
+            (by score and IoU thresholds, which only detection reads).
     """
 
+    name: str
     metric: str
     loss: str
     build_datasets: Callable[[DictConfig], tuple[Dataset, Dataset]]
     collate: Callable | None
     evaluate: Callable[..., dict[str, float]]
     check_teacher: Callable[[dict[str, float], int, str], None]
+    counted: str
+    view: Callable[[DictConfig, Image.Image], View]
+    confusion: Callable[..., Tensor]
 
 
 TASKS: dict[str, Task] = {
-    "classification": Task(
-        "top1", "ce", _classification_data, None, evaluate_classifier, check_teacher_accuracy
-    ),
-    "segmentation": Task(
-        "mIoU",
-        "segmentation",
-        _segmentation_data,
-        collate_segmentation,
-        _evaluate_segmentor,
-        check_segmentor_miou,
-    ),
-    "detection": Task(
-        "AP",
-        "detection",
-        _detection_data,
-        collate_detection,
-        evaluate_detector,
-        check_detector_ap,
-    ),
+    task.name: task
+    for task in (
+        Task(
+            name="classification",
+            metric="top1",
+            loss="ce",
+            build_datasets=_classification_data,
+            collate=None,
+            evaluate=evaluate_classifier,
+            check_teacher=check_teacher_accuracy,
+            counted="images",
+            view=_classification_view,
+            confusion=_classification_counts,
+        ),
+        Task(
+            name="segmentation",
+            metric="mIoU",
+            loss="segmentation",
+            build_datasets=_segmentation_data,
+            collate=collate_segmentation,
+            evaluate=_evaluate_segmentor,
+            check_teacher=check_segmentor_miou,
+            counted="labelled pixels",
+            view=_segmentation_view,
+            confusion=_segmentation_counts,
+        ),
+        Task(
+            name="detection",
+            metric="AP",
+            loss="detection",
+            build_datasets=_detection_data,
+            collate=collate_detection,
+            evaluate=evaluate_detector,
+            check_teacher=check_detector_ap,
+            counted="images",
+            view=_detection_view,
+            confusion=_detection_counts,
+        ),
+    )
 }
+
+
+def get_task(name: str) -> Task:
+    """The task a recipe's ``task`` value names; an unknown name lists the valid ones."""
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
+    return TASKS[name]

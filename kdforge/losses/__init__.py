@@ -1,13 +1,21 @@
-"""Loss terms, one file per method: a pure loss function first, then a thin module."""
+"""Loss terms, one file per method: a pure loss function first, then a thin term module.
+
+Every term subclasses :class:`LossTerm`, is named ``<Method>Loss`` and is registered in
+:data:`TERMS` under the key that recipes give as ``type:``. Constructors take module paths
+first, then keyword-only hyper-parameters, ``weight`` first with the official default.
+Shared argument and shape checks live in ``_checks.py``, other shared helpers in
+``_common.py``; method files import neither each other nor anything but these and ``base``.
+"""
 
 from kdforge.losses._cakd_modules import (
     GroupLinearProjector,
     PartialCrossAttentionProjector,
     PatchDiscriminator,
 )
+from kdforge.losses._common import init_student_from_teacher
 from kdforge.losses.base import DistillBatch, LayerPairTerm, LossTerm
 from kdforge.losses.cakd import CAKDLoss, cakd_ramp
-from kdforge.losses.cankd import CanKD, CanKDAlignLoss, CanKDLoss, init_student_from_teacher
+from kdforge.losses.cankd import CanKDAlignLoss, CanKDLevelLoss, CanKDLoss
 from kdforge.losses.cat_kd import (
     CATKDLoss,
     binarize_cam,
@@ -21,8 +29,6 @@ from kdforge.losses.crosskd import (
     CrossKDLoss,
     align_scale,
     cross_head_forward,
-    giou_loss,
-    iou_log_loss,
     kd_quality_focal_loss,
     kl_div_distill_loss,
 )
@@ -30,7 +36,7 @@ from kdforge.losses.detection import DetectionLoss
 from kdforge.losses.dkd import DKDLoss, dkd_loss
 from kdforge.losses.fitnet import ConvRegressor, FitNetLoss, fitnet_loss
 from kdforge.losses.kd import KDLoss, kd_loss
-from kdforge.losses.mgd import MGD, mgd_loss
+from kdforge.losses.mgd import MGDLoss, mgd_loss
 from kdforge.losses.pkd import PKDLoss, pkd_loss
 from kdforge.losses.segmentation import SegmentationLoss
 
@@ -46,17 +52,16 @@ TERMS: dict[str, type[LossTerm]] = {
     "cat_kd": CATKDLoss,
     "crosskd": CrossKDLoss,
     "pkd": PKDLoss,
-    "cankd": CanKD,
-    "mgd": MGD,
+    "cankd": CanKDLoss,
+    "mgd": MGDLoss,
 }
 
 __all__ = [
-    "MGD",
     "TERMS",
     "CAKDLoss",
     "CATKDLoss",
-    "CanKD",
     "CanKDAlignLoss",
+    "CanKDLevelLoss",
     "CanKDLoss",
     "ConvRegressor",
     "CrossEntropyLoss",
@@ -69,6 +74,7 @@ __all__ = [
     "KDLoss",
     "LayerPairTerm",
     "LossTerm",
+    "MGDLoss",
     "PKDLoss",
     "PartialCrossAttentionProjector",
     "PatchDiscriminator",
@@ -82,9 +88,7 @@ __all__ = [
     "cross_head_forward",
     "dkd_loss",
     "fitnet_loss",
-    "giou_loss",
     "init_student_from_teacher",
-    "iou_log_loss",
     "kd_loss",
     "kd_quality_focal_loss",
     "kl_div_distill_loss",

@@ -26,18 +26,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from kdforge.losses._crosskd_losses import (
-    giou_loss,
-    iou_log_loss,
-    kd_quality_focal_loss,
-    kl_div_distill_loss,
-)
+from kdforge.losses._crosskd_losses import kd_quality_focal_loss, kl_div_distill_loss
 from kdforge.models.detection._dense_head import flatten_levels, reduce_mean
 from kdforge.models.detection.anchors import grid_points
 from kdforge.models.detection.assigners import centerness_target, fcos_targets
 from kdforge.models.detection.atss import ATSSHead
 from kdforge.models.detection.coders import distance2bbox
-from kdforge.models.detection.det_losses import binary_cross_entropy
+from kdforge.models.detection.det_losses import binary_cross_entropy, giou_loss, iou_loss
 from kdforge.models.detection.fcos import FCOSHead
 from kdforge.models.detection.gfl import GFLHead
 from kdforge.models.detection.retinanet import RetinaHead
@@ -208,7 +203,7 @@ def fcos_kd(
     boxes_t = distance2bbox(all_points, flatten_levels(teacher["reg"], 4).reshape(-1, 4))
     return {
         "cls": kd_quality_focal_loss(rc, tc, None, denorm, beta),
-        "reg": iou_log_loss(boxes_r, boxes_t, _confidence(tc, None), avg_factor=denorm),
+        "reg": iou_loss(boxes_r, boxes_t, _confidence(tc, None), avg_factor=denorm),  # -log IoU
     }
 
 

@@ -5,8 +5,8 @@ Every function multiplies its element-wise loss by ``weight`` (broadcast over tr
 dimensions) and returns ``sum / (avg_factor + EPS32)``, or the mean without
 ``avg_factor`` (mmdetection's ``weight_reduce_loss(reduction="mean")``, see
 :func:`kdforge.models.detection.det_losses.weight_reduce`). Loss weights are applied by
-the term. ``giou_loss`` is mmdetection's ``GIoULoss`` (eps 1e-6) from the detection
-losses; ``iou_log_loss`` is its ``IoULoss(mode="log")``.
+the term. The box losses (mmdetection's ``GIoULoss`` and ``IoULoss(mode="log")``) are
+:func:`~kdforge.models.detection.det_losses.giou_loss` and ``iou_loss``.
 """
 
 from __future__ import annotations
@@ -14,15 +14,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdforge.models.detection.det_losses import giou_loss, iou_loss, weight_reduce
+from kdforge.losses._checks import check_choice
+from kdforge.models.detection.det_losses import weight_reduce
 
-__all__ = [
-    "align_scale",
-    "giou_loss",
-    "iou_log_loss",
-    "kd_quality_focal_loss",
-    "kl_div_distill_loss",
-]
+__all__ = ["align_scale", "kd_quality_focal_loss", "kl_div_distill_loss"]
 
 
 def kd_quality_focal_loss(
@@ -72,26 +67,11 @@ def kl_div_distill_loss(
         weight: ``(M,)`` row weights.
         avg_factor: normaliser.
     """
-    if class_reduction not in ("mean", "sum"):
-        raise ValueError(f"class_reduction must be 'mean' or 'sum', got {class_reduction!r}")
+    check_choice("class_reduction", class_reduction, ("mean", "sum"))
     target = F.softmax(teacher / temperature, dim=1).detach()
     loss = F.kl_div(F.log_softmax(pred / temperature, dim=1), target, reduction="none")
     loss = loss.mean(1) if class_reduction == "mean" else loss.sum(1)
     return weight_reduce(loss * temperature**2, weight, avg_factor)
-
-
-def iou_log_loss(
-    pred: Tensor,
-    target: Tensor,
-    weight: Tensor | None = None,
-    avg_factor: float | None = None,
-    eps: float = 1e-6,
-) -> Tensor:
-    """``-log(max(IoU, eps))`` of aligned ``(M, 4)`` boxes (mmdetection ``IoULoss(mode="log")``).
-
-    With a ``weight`` that has no positive entry it returns ``sum(pred * weight) = 0``.
-    """
-    return iou_loss(pred, target, weight, mode="log", eps=eps, avg_factor=avg_factor)
 
 
 def align_scale(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 __all__ = [
@@ -14,7 +13,6 @@ __all__ = [
     "LayerPairTerm",
     "LossTerm",
     "ShapeTree",
-    "describe_mismatch",
     "shape_tree",
 ]
 
@@ -55,6 +53,8 @@ class LossTerm(nn.Module):
     ``teacher_taps`` (``""`` is the model output), and implement ``forward(batch)``
     returning a weighted scalar, or a dict of named weighted scalars. ``build`` is called
     once with the shapes of the first batch, to check them and to create connectors.
+    Registered terms are named ``<Method>Loss`` and take their module paths first, then
+    keyword-only hyper-parameters, ``weight`` first with the method's official default.
 
     A term may own parameters with an objective of their own (e.g. CAKD's discriminator):
     it lists them in ``auxiliary_parameters()`` and leaves that objective, unweighted, in
@@ -116,9 +116,10 @@ class LayerPairTerm(LossTerm):
 
     def __init__(
         self,
-        weight: float,
         student_layers: Sequence[str],
         teacher_layers: Sequence[str] | None = None,
+        *,
+        weight: float = 1.0,
     ) -> None:
         super().__init__(weight)
         self.student_layers = list(student_layers)
@@ -136,24 +137,3 @@ class LayerPairTerm(LossTerm):
     @property
     def teacher_taps(self) -> list[str]:
         return self.teacher_layers
-
-
-def describe_mismatch(
-    term: str,
-    student_path: str,
-    student_shape: ShapeTree,
-    teacher_path: str,
-    teacher_shape: ShapeTree,
-    fix: str,
-) -> str:
-    """One message naming both modules, both shapes and the connector that would fix it."""
-    s = "output" if student_path == "" else f"module {student_path!r}"
-    t = "output" if teacher_path == "" else f"module {teacher_path!r}"
-    return (
-        f"{term}: student {s} has shape {_fmt(student_shape)} but teacher {t} has shape "
-        f"{_fmt(teacher_shape)}. {fix}"
-    )
-
-
-def _fmt(shape: ShapeTree) -> str:
-    return str(tuple(shape)) if isinstance(shape, torch.Size) else str(shape)

@@ -17,8 +17,8 @@ from kdforge.losses._cakd_modules import (
     PartialCrossAttentionProjector,
     PatchDiscriminator,
 )
-from kdforge.losses.base import DistillBatch, LossTerm, describe_mismatch
-from kdforge.losses.kd import check_same_classes
+from kdforge.losses._checks import check_same_classes, describe_mismatch
+from kdforge.losses.base import DistillBatch, LossTerm
 from kdforge.models.vit.attention import AttentionTap, attention_logits, attention_tap
 
 __all__ = [
@@ -106,13 +106,13 @@ class CAKDLoss(LossTerm):
     MSE reach it; those gradients were never applied).
 
     Args:
-        weight: overall weight (1).
         student_layer: student map at the teacher's patch stride (``layer3``: /16).
         student_pool: the pooled student feature fed to the classifier (``fc:input``).
         teacher_attention: teacher attention block; default the last one found
             (zoo, torchvision ``nn.MultiheadAttention`` or timm ``Attention``).
         teacher_tokens: teacher final-norm output ``(N, 1 + HW, D)`` (``encoder.ln``;
             timm: ``norm``); token 0 is the class token.
+        weight: overall weight (1; the released loop has none besides the ramp).
         heads: PCA projector heads (16; width per head ``C / heads``).
         qk_weight, vv_weight, logits_weight, cls_weight, gl_weight: 0.2, 0.05, 1, 1, 0.05.
         adv_real_weight, adv_fake_weight: 0.05, 1.
@@ -122,11 +122,12 @@ class CAKDLoss(LossTerm):
 
     def __init__(
         self,
-        weight: float = 1.0,
         student_layer: str = "layer3",
         student_pool: str = "fc:input",
         teacher_attention: str | None = None,
         teacher_tokens: str = "encoder.ln",
+        *,
+        weight: float = 1.0,
         heads: int = 16,
         qk_weight: float = 0.2,
         vv_weight: float = 0.05,

@@ -28,14 +28,15 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdforge.losses.base import DistillBatch, LayerPairTerm, ShapeTree, describe_mismatch
+from kdforge.losses._checks import check_choice, describe_mismatch
+from kdforge.losses._common import init_student_from_teacher
+from kdforge.losses.base import DistillBatch, LayerPairTerm, ShapeTree
 
 __all__ = [
-    "CanKD",
     "CanKDAlignLoss",
+    "CanKDLevelLoss",
     "CanKDLoss",
     "cross_nonlocal_attention",
-    "init_student_from_teacher",
     "instance_normalized_mse",
 ]
 
@@ -106,15 +107,15 @@ class _NonLocal(nn.Module):
         return self.W(y) + student
 
 
-class CanKDLoss(nn.Module):
-    """One CanKD level: ``loss_weight · MSE(IN(BN(W(y)) + s), IN(t)) / 2`` (official
+class CanKDLevelLoss(nn.Module):
+    """One CanKD level: ``weight · MSE(IN(BN(W(y)) + s), IN(t)) / 2`` (official
     ``NLKD_IN_Loss``; state-dict keys, shapes, order and init are the official ones:
     ``non_local_att.{att.theta, att.phi.0, g.0, W.0, W.1}``).
 
     Args:
         in_channels: ``C`` of both maps (256 on FPN levels, 2048 on a ResNet-101 stage 4).
         inter_channels: ``Ci``; default ``C // 2`` (at least 1), as in every config.
-        loss_weight: applied after the ``/2`` (official default 1; configs use 10).
+        weight: ``loss_weight``, applied after the ``/2`` (official default 1; configs use 10).
         product: ``"reordered"`` (default) or ``"affinity"``; see the module docstring.
     """
 
@@ -122,39 +123,39 @@ class CanKDLoss(nn.Module):
         self,
         in_channels: int,
         inter_channels: int | None = None,
-        loss_weight: float = 1.0,
+        *,
+        weight: float = 1.0,
         product: str = "reordered",
     ) -> None:
         super().__init__()
-        if product not in PRODUCTS:
-            raise ValueError(f"product must be one of {PRODUCTS}, got {product!r}")
-        self.in_channels, self.loss_weight, self.product = in_channels, float(loss_weight), product
+        check_choice("product", product, PRODUCTS)
+        self.in_channels, self.weight, self.product = in_channels, float(weight), product
         self.inter_channels = inter_channels or max(in_channels // 2, 1)
         self.non_local_att = _NonLocal(in_channels, self.inter_channels)
 
     def _level(self, student: Tensor, teacher: Tensor) -> Tensor:
         if student.shape != teacher.shape:
             raise ValueError(
-                f"CanKDLoss needs equal shapes, got student {tuple(student.shape)} and "
+                f"CanKDLevelLoss needs equal shapes, got student {tuple(student.shape)} and "
                 f"teacher {tuple(teacher.shape)}"
             )
         z_s = self.non_local_att(student, teacher, self.product)
         return instance_normalized_mse(z_s, teacher)
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
-        return self.loss_weight * self._level(student, teacher)
+        return self.weight * self._level(student, teacher)
 
     def extra_repr(self) -> str:
         return (
             f"in_channels={self.in_channels}, inter_channels={self.inter_channels}, "
-            f"loss_weight={self.loss_weight:g}, product={self.product!r}"
+            f"weight={self.weight:g}, product={self.product!r}"
         )
 
 
-class CanKDAlignLoss(CanKDLoss):
+class CanKDAlignLoss(CanKDLevelLoss):
     """The official ``NLKD_IN_align_Loss``: one shared module for a list of levels.
 
-    A list/tuple input gives ``loss_weight · mean_l loss_l`` over the first
+    A list/tuple input gives ``weight · mean_l loss_l`` over the first
     ``min(len(s), len(t))`` levels; a student level whose ``(H, W)`` differs from the
     teacher's is resized to it first (bilinear, ``align_corners=False``). Channels must
     agree. Used by the Swin → RetinaNet CanKD† config.
@@ -164,10 +165,10 @@ class CanKDAlignLoss(CanKDLoss):
         self, student: Tensor | Sequence[Tensor], teacher: Tensor | Sequence[Tensor]
     ) -> Tensor:
         if isinstance(student, Tensor) and isinstance(teacher, Tensor):
-            return self.loss_weight * self._aligned(student, teacher)
+            return self.weight * self._aligned(student, teacher)
         levels = min(len(student), len(teacher))
         total = sum(self._aligned(student[i], teacher[i]) for i in range(levels))
-        return self.loss_weight * total / levels
+        return self.weight * total / levels
 
     def _aligned(self, student: Tensor, teacher: Tensor) -> Tensor:
         if student.shape[-2:] != teacher.shape[-2:]:
@@ -175,38 +176,8 @@ class CanKDAlignLoss(CanKDLoss):
         return self._level(student, teacher)
 
 
-def init_student_from_teacher(
-    student: nn.Module, teacher: nn.Module, prefixes: Sequence[str] = ("neck", "bbox_head")
-) -> list[str]:
-    """CanKD†: copy the teacher's parameters and buffers under ``prefixes`` into the student.
-
-    The official ``nlkdIN_dagger_*`` configs initialise the student's neck and head from
-    the teacher checkpoint (mmengine ``init_cfg=Pretrained, prefix='neck.'/'bbox_head.'``).
-    Every student tensor under a prefix must exist in the teacher with the same shape
-    (same neck and head type), else this raises. Returns the copied state-dict keys.
-    """
-    starts = tuple(f"{p}." for p in prefixes)
-    teacher_state = teacher.state_dict()
-    copied: dict[str, Tensor] = {}
-    for key, value in student.state_dict().items():
-        if not key.startswith(starts):
-            continue
-        source = teacher_state.get(key)
-        if source is None or source.shape != value.shape:
-            got = "missing" if source is None else tuple(source.shape)
-            raise ValueError(
-                f"init_from_teacher: student {key!r} {tuple(value.shape)} has no "
-                f"teacher counterpart (teacher: {got}); neck and head must be of the same type"
-            )
-        copied[key] = source
-    if not copied:
-        raise ValueError(f"init_from_teacher: the student has no tensors under {prefixes}")
-    student.load_state_dict(copied, strict=False)
-    return list(copied)
-
-
-class CanKD(LayerPairTerm):
-    """CanKD term: one independent :class:`CanKDLoss` per tapped level, summed by the trainer.
+class CanKDLoss(LayerPairTerm):
+    """CanKD term: one independent :class:`CanKDLevelLoss` per tapped level, summed.
 
     Detection (official ``nlkdIN_*`` configs): FPN levels 0–3 on both nets
     (``neck.fpn_convs.0..3``; level 4 is not distilled), ``weight=10`` (≙ 5, see the module
@@ -221,12 +192,14 @@ class CanKD(LayerPairTerm):
     Args:
         student_layers: module paths of the student levels.
         teacher_layers: the matching teacher paths (default: the same paths).
-        weight: each level's ``loss_weight`` (10).
+        weight: each level's ``loss_weight`` (``NLKD_IN_Loss`` defaults to 1; 10 in every
+            official config, the default here).
         inter_channels: ``Ci`` (default ``C // 2``).
         connector: ``"auto"`` (1×1 conv where channels differ), ``"conv1x1"`` or ``"none"``.
         product: ``"reordered"`` or ``"affinity"`` (see :func:`cross_nonlocal_attention`).
         init_from_teacher: CanKD† — module prefixes copied from the teacher into the
-            student when attached, e.g. ``["neck", "bbox_head"]`` (default: none).
+            student when attached, e.g. ``["neck", "bbox_head"]`` (default: none; see
+            :func:`kdforge.losses.init_student_from_teacher`).
     """
 
     needs_teacher_output = False
@@ -235,17 +208,16 @@ class CanKD(LayerPairTerm):
         self,
         student_layers: Sequence[str],
         teacher_layers: Sequence[str] | None = None,
+        *,
         weight: float = 10.0,
         inter_channels: int | None = None,
         connector: str = "auto",
         product: str = "reordered",
         init_from_teacher: Sequence[str] = (),
     ) -> None:
-        super().__init__(weight, student_layers, teacher_layers)
-        if connector not in ("auto", "conv1x1", "none"):
-            raise ValueError(f"connector must be 'auto', 'conv1x1' or 'none', got {connector!r}")
-        if product not in PRODUCTS:
-            raise ValueError(f"product must be one of {PRODUCTS}, got {product!r}")
+        super().__init__(student_layers, teacher_layers, weight=weight)
+        check_choice("connector", connector, ("auto", "conv1x1", "none"))
+        check_choice("product", product, PRODUCTS)
         self.inter_channels, self.connector_kind, self.product = inter_channels, connector, product
         self.init_from_teacher = list(init_from_teacher)
         self.connectors = nn.ModuleList()
@@ -272,7 +244,10 @@ class CanKD(LayerPairTerm):
                 nn.init.kaiming_normal_(connector.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(connector.bias)
             self.connectors.append(connector)
-            self.levels.append(CanKDLoss(t[1], self.inter_channels, self.weight, self.product))
+            level = CanKDLevelLoss(
+                t[1], self.inter_channels, weight=self.weight, product=self.product
+            )
+            self.levels.append(level)
 
     def forward(self, batch: DistillBatch) -> dict[str, Tensor]:
         losses = {}

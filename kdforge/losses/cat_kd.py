@@ -146,7 +146,11 @@ class CATKDLoss(LossTerm):
     separate ``ce`` term (``CE_WEIGHT``); "CAT only" (``onlyCAT``) is this term alone.
 
     Args:
-        weight: β (``CAT_loss_weight``).
+        student_layer, teacher_layer: module paths of the last feature maps (default: the
+            zoo model's ``feature_info[-1]``).
+        student_classifier, teacher_classifier: module paths of the final linear layers
+            (default: the zoo model's ``classifier_name``).
+        weight: β (``CAT_loss_weight``, 400).
         resolution: R (``CAM_RESOLUTION``).
         normalize: L2-normalise the pooled CAMs (``IF_NORMALIZE``).
         binarize: binarise the teacher CAMs (``IF_BINARIZE``).
@@ -155,10 +159,6 @@ class CATKDLoss(LossTerm):
         strategy: 0 top teacher logits, 1 lowest (``Strategy``).
         student_bias: keep the student's classifier bias trainable (False: zero and freeze
             it, the official bias-free head).
-        student_layer, teacher_layer: module paths of the last feature maps (default: the
-            zoo model's ``feature_info[-1]``).
-        student_classifier, teacher_classifier: module paths of the final linear layers
-            (default: the zoo model's ``classifier_name``).
     """
 
     needs_teacher_output = False
@@ -166,6 +166,11 @@ class CATKDLoss(LossTerm):
 
     def __init__(
         self,
+        student_layer: str | None = None,
+        teacher_layer: str | None = None,
+        student_classifier: str | None = None,
+        teacher_classifier: str | None = None,
+        *,
         weight: float = 400.0,
         resolution: int = 2,
         normalize: bool = True,
@@ -173,10 +178,6 @@ class CATKDLoss(LossTerm):
         num_cams: int | None = None,
         strategy: int = 0,
         student_bias: bool = False,
-        student_layer: str | None = None,
-        teacher_layer: str | None = None,
-        student_classifier: str | None = None,
-        teacher_classifier: str | None = None,
     ) -> None:
         super().__init__(weight)
         if resolution < 1:

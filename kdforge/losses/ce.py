@@ -22,7 +22,7 @@ class CrossEntropyLoss(LossTerm):
     needs_teacher = False
 
     def __init__(
-        self, weight: float = 1.0, label_smoothing: float = 0.0, ignore_index: int = -100
+        self, *, weight: float = 1.0, label_smoothing: float = 0.0, ignore_index: int = -100
     ) -> None:
         super().__init__(weight)
         self.label_smoothing = label_smoothing

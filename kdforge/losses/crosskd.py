@@ -32,30 +32,23 @@ weight 0.75.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdforge.losses._checks import describe_mismatch
+from kdforge.losses._common import pad_shapes
 from kdforge.losses._crosskd_heads import KD_FUNCTIONS
-from kdforge.losses._crosskd_losses import (
-    align_scale,
-    giou_loss,
-    iou_log_loss,
-    kd_quality_focal_loss,
-    kl_div_distill_loss,
-)
-from kdforge.losses.base import DistillBatch, LossTerm, ShapeTree, describe_mismatch
+from kdforge.losses._crosskd_losses import align_scale, kd_quality_focal_loss, kl_div_distill_loss
+from kdforge.losses.base import DistillBatch, LossTerm, ShapeTree
 from kdforge.models.detection._dense_head import DenseHead
 
 __all__ = [
     "CrossKDLoss",
     "align_scale",
     "cross_head_forward",
-    "giou_loss",
-    "iou_log_loss",
     "kd_quality_focal_loss",
     "kl_div_distill_loss",
 ]
@@ -95,7 +88,7 @@ class CrossKDLoss(LossTerm):
     loss weight × the unweighted KD loss; see the module docstring for the data flow.
 
     Args:
-        weight: multiplies every part.
+        weight: multiplies every part (1; the official configs weight each part, below).
         stage: the split point ``i`` in ``0..stacked_convs`` (official 3; FCOS 2).
         pre_activation: hold the stage's output before its ReLU (the official code holds
             the post-ReLU one because of mmcv's in-place ReLU).
@@ -109,6 +102,7 @@ class CrossKDLoss(LossTerm):
 
     def __init__(
         self,
+        *,
         weight: float = 1.0,
         stage: int = 3,
         pre_activation: bool = False,
@@ -204,17 +198,12 @@ class CrossKDLoss(LossTerm):
         with torch.no_grad():
             t_cls, t_reg = self._held(batch.teacher_features, teacher.bbox_head)
         reused = cross_head_forward(teacher.bbox_head, self.stage, s_cls, s_reg, t_cls, t_reg)
-        d = self.size_divisor
-        image_sizes = [
-            (math.ceil(t["img_shape"][0] / d) * d, math.ceil(t["img_shape"][1] / d) * d)
-            for t in batch.targets
-        ]
         losses = self._kd(
             student.bbox_head,
             reused,
             batch.teacher_output,
             batch.targets,
-            image_sizes,
+            pad_shapes(batch.targets, self.size_divisor),
             self.beta,
             self.temperature,
         )

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
+from kdforge.losses._common import pad_shapes
 from kdforge.losses.base import DistillBatch, LossTerm
 
 __all__ = ["DetectionLoss"]
@@ -22,7 +21,7 @@ class DetectionLoss(LossTerm):
 
     needs_teacher = False
 
-    def __init__(self, weight: float = 1.0, size_divisor: int = 32) -> None:
+    def __init__(self, *, weight: float = 1.0, size_divisor: int = 32) -> None:
         super().__init__(weight)
         self.size_divisor = size_divisor
 
@@ -35,10 +34,6 @@ class DetectionLoss(LossTerm):
         self._student = (student,)  # a tuple keeps it out of this term's module tree
 
     def forward(self, batch: DistillBatch) -> dict[str, Tensor]:
-        d = self.size_divisor
-        pad_shapes = [
-            (math.ceil(t["img_shape"][0] / d) * d, math.ceil(t["img_shape"][1] / d) * d)
-            for t in batch.targets
-        ]
-        losses = self._student[0].loss(batch.student_output, batch.targets, pad_shapes)
+        pads = pad_shapes(batch.targets, self.size_divisor)
+        losses = self._student[0].loss(batch.student_output, batch.targets, pads)
         return {name.removeprefix("loss_"): self.weight * value for name, value in losses.items()}

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdforge.losses._checks import check_same_classes
 from kdforge.losses.base import DistillBatch, LossTerm
-from kdforge.losses.kd import check_same_classes
 
 __all__ = ["DKDLoss", "dkd_loss"]
 
@@ -51,13 +51,21 @@ class DKDLoss(LossTerm):
 
     ``loss = weight · min(epoch / warmup, 1) · dkd_loss(...)`` where ``epoch`` is
     mdistiller's 1-based epoch number, i.e. ``batch.epoch + 1`` (the first epoch already
-    gets ``1/warmup``). Defaults: α=1, β=8, T=4, warm-up 20 epochs, CE weight 1.
+    gets ``1/warmup``).
+
+    Args:
+        weight: overall weight (1: mdistiller has none; its CE weight is 1 too).
+        alpha: TCKD weight (``DKD.ALPHA`` 1).
+        beta: NCKD weight (``DKD.BETA`` 8; 2 or 6 for some CIFAR pairs).
+        temperature: ``T`` (``DKD.T`` 4).
+        warmup_epochs: length of the linear warm-up (``DKD.WARMUP`` 20; 0 for none).
     """
 
     needs_teacher_autograd = False
 
     def __init__(
         self,
+        *,
         weight: float = 1.0,
         alpha: float = 1.0,
         beta: float = 8.0,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdforge.losses.base import DistillBatch, LossTerm, describe_mismatch
+from kdforge.losses._checks import check_choice, describe_mismatch
+from kdforge.losses.base import DistillBatch, LossTerm
 
 __all__ = ["ConvRegressor", "FitNetLoss", "fitnet_loss"]
 
@@ -52,13 +53,13 @@ class FitNetLoss(LossTerm):
 
     ``r`` is a learnable connector built from the probed shapes (``"convreg"``:
     mdistiller's conv-BN-ReLU; ``"none"``: shapes must already agree). It trains with the
-    student and is dropped at export. mdistiller defaults: hint layer 2 (the output of the
-    second stage, e.g. ``layer2`` of a CIFAR ResNet), weight 100, CE weight 1.
+    student and is dropped at export. mdistiller's hint layer is 2: the output of the second
+    stage, e.g. ``layer2`` of a CIFAR ResNet; its CE weight is 1.
 
     Args:
         student_layer: module path of the student feature (the hint's input).
         teacher_layer: module path of the teacher feature (the hint).
-        weight: loss weight (100).
+        weight: loss weight (mdistiller ``FITNET.LOSS.FEAT_WEIGHT`` 100).
         connector: ``"convreg"`` or ``"none"``.
     """
 
@@ -68,12 +69,12 @@ class FitNetLoss(LossTerm):
         self,
         student_layer: str,
         teacher_layer: str,
+        *,
         weight: float = 100.0,
         connector: str = "convreg",
     ) -> None:
         super().__init__(weight)
-        if connector not in ("convreg", "none"):
-            raise ValueError(f"connector must be 'convreg' or 'none', got {connector!r}")
+        check_choice("connector", connector, ("convreg", "none"))
         self.student_layer, self.teacher_layer = student_layer, teacher_layer
         self.connector_kind = connector
         self.connector: nn.Module = nn.Identity()

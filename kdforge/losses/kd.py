@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdforge.losses.base import DistillBatch, LossTerm, describe_mismatch
+from kdforge.losses._checks import check_same_classes
+from kdforge.losses.base import DistillBatch, LossTerm
 
-__all__ = ["KDLoss", "check_same_classes", "kd_loss"]
+__all__ = ["KDLoss", "kd_loss"]
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
@@ -28,29 +29,17 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     return kl.mean() * temperature**2
 
 
-def check_same_classes(term: str, student_shapes: dict, teacher_shapes: dict) -> None:
-    """Raise unless student and teacher outputs are logits over the same classes."""
-    s, t = student_shapes[""], teacher_shapes[""]
-    if s[1:] != t[1:]:
-        raise ValueError(
-            describe_mismatch(
-                term,
-                "",
-                s,
-                "",
-                t,
-                f"{term} needs logits over the same classes: build both models with the same "
-                "num_classes.",
-            )
-        )
-
-
 class KDLoss(LossTerm):
-    """KD on the model outputs. mdistiller defaults: T=4, weight 0.9 (with CE 0.1)."""
+    """``weight · kd_loss(z_s, z_t, T)`` on the model outputs.
+
+    Args:
+        weight: loss weight (mdistiller ``KD.LOSS.KD_WEIGHT`` 0.9, with CE 0.1).
+        temperature: ``T`` (mdistiller ``KD.TEMPERATURE`` 4).
+    """
 
     needs_teacher_autograd = False
 
-    def __init__(self, weight: float = 0.9, temperature: float = 4.0) -> None:
+    def __init__(self, *, weight: float = 0.9, temperature: float = 4.0) -> None:
         super().__init__(weight)
         self.temperature = temperature
 

@@ -8,10 +8,11 @@ and teacher ``t``::
     S' = conv3×3(ReLU(conv3×3(align(s) · M)))
     loss = α · Σ (S' − t)² / N                               # sum-MSE over C·H·W, per image
 
-mmrazor defaults: ``alpha_mgd = 2e-5``, ``lambda_mgd = 0.65``; the MGD RetinaNet config
-(``mgd_fpn_retina_x101_retina_r50_2x_coco.py``) distils all 5 FPN levels. Quirk kept: the
-mask is drawn from the CPU generator (``torch.rand`` then ``.to(device)``), so
-``torch.manual_seed`` fixes it on any device. The connectors keep PyTorch's default init.
+mmrazor defaults: ``alpha_mgd = 2e-5`` (the term's ``weight``), ``lambda_mgd = 0.65``; the
+MGD RetinaNet config (``mgd_fpn_retina_x101_retina_r50_2x_coco.py``) distils all 5 FPN
+levels. Quirk kept: the mask is drawn from the CPU generator (``torch.rand`` then
+``.to(device)``), so ``torch.manual_seed`` fixes it on any device. The connectors keep
+PyTorch's default init.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from kdforge.losses.base import DistillBatch, LayerPairTerm, ShapeTree, describe_mismatch
-from kdforge.losses.cankd import init_student_from_teacher
+from kdforge.losses._checks import describe_mismatch
+from kdforge.losses._common import init_student_from_teacher
+from kdforge.losses.base import DistillBatch, LayerPairTerm, ShapeTree
 
-__all__ = ["MGD", "MGDConnector", "mgd_loss", "mgd_mask"]
+__all__ = ["MGDConnector", "MGDLoss", "mgd_loss", "mgd_mask"]
 
 
 def mgd_mask(feature: Tensor, lambda_mgd: float = 0.65) -> Tensor:
@@ -34,13 +36,14 @@ def mgd_mask(feature: Tensor, lambda_mgd: float = 0.65) -> Tensor:
     return (u <= 1 - lambda_mgd).to(feature.dtype)
 
 
-def mgd_loss(generated: Tensor, teacher: Tensor, alpha_mgd: float = 2e-5) -> Tensor:
-    """``α · Σ (S' − T)² / N`` for ``(N, C, H, W)`` maps of equal shape."""
+def mgd_loss(generated: Tensor, teacher: Tensor, weight: float = 2e-5) -> Tensor:
+    """``α · Σ (S' − T)² / N`` for ``(N, C, H, W)`` maps of equal shape (``weight`` = α,
+    mmrazor's ``alpha_mgd``)."""
     if generated.shape != teacher.shape:
         raise ValueError(
             f"mgd_loss needs equal shapes, got {tuple(generated.shape)} and {tuple(teacher.shape)}"
         )
-    return alpha_mgd * (generated - teacher).pow(2).sum() / teacher.shape[0]
+    return weight * (generated - teacher).pow(2).sum() / teacher.shape[0]
 
 
 class MGDConnector(nn.Module):
@@ -50,8 +53,6 @@ class MGDConnector(nn.Module):
         student_channels: channels of the student map.
         teacher_channels: channels of the teacher map (an align conv is added if they differ).
         lambda_mgd: the masked fraction λ (0.65).
-        init_from_teacher: module prefixes copied from the teacher into the student when
-            attached (default: none).
     """
 
     def __init__(
@@ -76,19 +77,19 @@ class MGDConnector(nn.Module):
         return self.generation(feature * mgd_mask(feature, self.lambda_mgd))
 
 
-class MGD(LayerPairTerm):
+class MGDLoss(LayerPairTerm):
     """MGD term: one :class:`MGDConnector` per tapped level, ``Σ_levels mgd_loss``.
 
     Usable on FPN levels (``neck.fpn_convs.0..4``, equal channels) and on segmentation
-    features (``backbone.layer4``: the align conv maps student to teacher channels). The
-    weight is ``alpha_mgd``; losses are returned per student path. mmrazor's RetinaNet
-    config also initialises the student's neck and head from the teacher checkpoint
-    (``init_from_teacher: [neck, bbox_head]``, see :func:`init_student_from_teacher`).
+    features (``backbone.layer4``: the align conv maps student to teacher channels). Losses
+    are returned per student path. mmrazor's RetinaNet config also initialises the
+    student's neck and head from the teacher checkpoint (``init_from_teacher: [neck,
+    bbox_head]``, see :func:`kdforge.losses.init_student_from_teacher`).
 
     Args:
         student_layers: module paths of the student levels.
         teacher_layers: the matching teacher paths (default: the same paths).
-        alpha_mgd: the loss weight α (2e-5).
+        weight: the loss weight α (``alpha_mgd`` in mmrazor, 2e-5).
         lambda_mgd: the masked fraction λ (0.65).
         init_from_teacher: module prefixes copied from the teacher into the student when
             attached (default: none).
@@ -101,11 +102,12 @@ class MGD(LayerPairTerm):
         self,
         student_layers: Sequence[str],
         teacher_layers: Sequence[str] | None = None,
-        alpha_mgd: float = 2e-5,
+        *,
+        weight: float = 2e-5,
         lambda_mgd: float = 0.65,
         init_from_teacher: Sequence[str] = (),
     ) -> None:
-        super().__init__(alpha_mgd, student_layers, teacher_layers)
+        super().__init__(student_layers, teacher_layers, weight=weight)
         self.lambda_mgd = lambda_mgd
         self.init_from_teacher = list(init_from_teacher)
         self.connectors = nn.ModuleList()
@@ -136,5 +138,5 @@ class MGD(LayerPairTerm):
     def extra_repr(self) -> str:
         return (
             f"student_layers={self.student_layers}, teacher_layers={self.teacher_layers}, "
-            f"alpha_mgd={self.weight:g}, lambda_mgd={self.lambda_mgd:g}"
+            f"weight={self.weight:g}, lambda_mgd={self.lambda_mgd:g}"
         )

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdforge.losses.base import DistillBatch, LayerPairTerm, ShapeTree, describe_mismatch
+from kdforge.losses._checks import describe_mismatch
+from kdforge.losses.base import DistillBatch, LayerPairTerm, ShapeTree
 
 __all__ = ["PKDLoss", "pkd_loss"]
 
@@ -54,11 +55,12 @@ class PKDLoss(LayerPairTerm):
     """``weight · sum_l PKD(S_l, T_l)`` over pairs of student/teacher feature maps.
 
     Args:
-        weight: loss weight (see the module docstring for the official values).
         student_layers: module paths of the student maps (default the five FPN levels
             ``neck.fpn_convs.0..4``).
         teacher_layers: the teacher's, paired in order (default: ``student_layers``).
-        resize_student: which side is resized when heights differ.
+        weight: ``loss_weight`` of mmrazor's ``PKDLoss`` (default 1; the configs' values
+            are in the module docstring).
+        resize_student: which side is resized when heights differ (``resize_stu``).
     """
 
     needs_teacher_output = False
@@ -66,12 +68,13 @@ class PKDLoss(LayerPairTerm):
 
     def __init__(
         self,
-        weight: float = 1.0,
         student_layers: Sequence[str] = FPN_LEVELS,
         teacher_layers: Sequence[str] | None = None,
+        *,
+        weight: float = 1.0,
         resize_student: bool = True,
     ) -> None:
-        super().__init__(weight, student_layers, teacher_layers)
+        super().__init__(student_layers, teacher_layers, weight=weight)
         self.resize_student = resize_student
 
     def build(
@@ -101,6 +104,6 @@ class PKDLoss(LayerPairTerm):
 
     def extra_repr(self) -> str:
         return (
-            f"weight={self.weight:g}, student_layers={self.student_layers}, "
-            f"teacher_layers={self.teacher_layers}, resize_student={self.resize_student}"
+            f"student_layers={self.student_layers}, teacher_layers={self.teacher_layers}, "
+            f"weight={self.weight:g}, resize_student={self.resize_student}"
         )

@@ -24,6 +24,7 @@ class SegmentationLoss(LossTerm):
 
     def __init__(
         self,
+        *,
         weight: float = 1.0,
         aux_weight: float = 0.4,
         ignore_index: int = 255,

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kdforge.errors import CheckpointError
+
 __all__ = ["match_state_dict", "unwrap_checkpoint"]
 
 
@@ -73,5 +75,5 @@ def match_state_dict(
         for title, keys in (("unmatched", unmatched), ("missing", missing), ("shape", wrong)):
             if keys:
                 lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys))
-        raise ValueError("\n".join(lines))
+        raise CheckpointError("\n".join(lines))
     return out

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from kdforge.errors import ConfigError
+
 __all__ = ["ModelInfo", "get_model_info", "list_models", "register_model"]
 
 
@@ -44,7 +46,9 @@ def get_model_info(name: str) -> ModelInfo:
     if name not in _MODELS:
         close = difflib.get_close_matches(name, _MODELS, n=5, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown model {name!r}.{hint} Known models: {', '.join(sorted(_MODELS))}")
+        raise ConfigError(
+            f"unknown model {name!r}.{hint} Known models: {', '.join(sorted(_MODELS))}"
+        )
     return _MODELS[name]
 
 

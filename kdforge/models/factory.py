@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdforge.errors import CheckpointError
 from kdforge.models._registry import get_model_info
 
 __all__ = ["create_model", "load_pretrained", "read_state_dict"]
@@ -24,7 +25,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -36,7 +37,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 state = state[key]
                 break
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+        raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -59,7 +60,7 @@ def load_pretrained(model: nn.Module, path: str | Path) -> nn.Module:
                     f"  {title} ({len(keys)}): {', '.join(keys[:8])}"
                     + (" ..." if len(keys) > 8 else "")
                 )
-        raise ValueError("\n".join(lines))
+        raise CheckpointError("\n".join(lines))
     model.load_state_dict(state)
     return model
 

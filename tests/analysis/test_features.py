@@ -16,6 +16,7 @@ from kdforge.analysis.features import (
     visualize_features,
 )
 from kdforge.cli import main
+from kdforge.errors import ConfigError
 from kdforge.models import create_model
 
 
@@ -83,7 +84,7 @@ def test_classification_through_the_cli(tiny_overrides, tmp_path, capsys, check_
 def test_unknown_layer_names_the_closest(tiny_overrides, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("student: {name: resnet8}\n")
-    with pytest.raises(KeyError, match="'layer3'"):
+    with pytest.raises(ConfigError, match="'layer3'"):
         visualize_features(
             recipe, None, [_image(tmp_path / "a.png")], tmp_path, ["layer33"], "l2", tiny_overrides
         )

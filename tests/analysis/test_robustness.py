@@ -13,8 +13,8 @@ from kdforge.cli import main
 from kdforge.config import load_config
 from kdforge.data import Digits, build_datasets
 from kdforge.data.transforms import CIFAR10_MEAN, CIFAR10_STD
-from kdforge.engine.evaluate import evaluate_detector
-from kdforge.engine.tasks import TASKS
+from kdforge.engine.eval import evaluate_detector
+from kdforge.engine.tasks import get_task
 from kdforge.models import create_model
 
 
@@ -55,12 +55,13 @@ def test_tensor_datasets_are_corrupted_too():
 
 def test_detection_data_keeps_evaluating_with_coco(detection_overrides):
     cfg = load_config(None, detection_overrides)
-    val = TASKS["detection"].build_datasets(cfg.data)[1]
+    task = get_task("detection")
+    val = task.build_datasets(cfg.data)[1]
     snow = CorruptedDataset(val, "snow", 2)
     image, target = snow[0]
     assert image.shape == val[0][0].shape and not torch.equal(image, val[0][0])
     assert torch.equal(target["boxes"], val[0][1]["boxes"])
-    loader = torch.utils.data.DataLoader(snow, batch_size=2, collate_fn=TASKS["detection"].collate)
+    loader = torch.utils.data.DataLoader(snow, batch_size=2, collate_fn=task.collate)
     model = create_model("gfl_r18_fpn", num_classes=4, fpn_channels=64, feat_channels=64)
     metrics = evaluate_detector(model, loader, torch.device("cpu"))
     assert metrics["count"] == 4 and 0 <= metrics["AP"] <= 1

@@ -13,15 +13,22 @@ from kdforge.cache import (
     CacheError,
     ReplayDataset,
     TeacherCache,
+    cached_outputs,
     check_cache,
+    fingerprint_sections,
     replay_collate,
     write_cache,
 )
 from kdforge.cache.format import pack_logits
+from kdforge.cache.replay import scripted
 from kdforge.cli import main
 from kdforge.config import load_config
-from kdforge.engine.build import build_model, build_trainer
-from kdforge.engine.tasks import TASKS
+from kdforge.data import build_coco_datasets
+from kdforge.data.shapes import write_shapes_dataset
+from kdforge.engine.build import build_model, build_terms, build_trainer
+from kdforge.engine.seeding import epoch_seed, seed_everything
+from kdforge.engine.tasks import get_task
+from kdforge.errors import ConfigError
 
 RECIPE = [
     "teacher.name=resnet8",
@@ -42,9 +49,32 @@ def cfg(tiny_overrides, tmp_path):
     return load_config(None, [*overrides, *RECIPE, f"teacher.pretrained={tmp_path}/teacher.pt"])
 
 
+def _source(cfg) -> dict:
+    """What the writer takes, built from a recipe as ``kdforge cache-teacher`` builds it."""
+    terms = build_terms(OmegaConf.to_container(cfg.loss, resolve=True))
+    taps, logits = cached_outputs(cfg, terms)
+    train_set, _ = get_task(cfg.task).build_datasets(cfg.data)
+    teacher = build_model(cfg.teacher, train_set.num_classes).eval().requires_grad_(False)
+    sections = fingerprint_sections(cfg, taps, logits)
+    return {
+        "train_set": train_set,
+        "teacher": teacher,
+        "taps": taps,
+        "logits": logits,
+        "sections": sections,
+    }
+
+
+def _write(cfg, out, epochs, **options):
+    def seed_epoch(epoch: int) -> None:
+        seed_everything(epoch_seed(cfg.train.seed, epoch, 0))
+
+    return write_cache(out, **_source(cfg), seed_epoch=seed_epoch, epochs=epochs, **options)
+
+
 @pytest.fixture
 def cache_dir(cfg, tmp_path):
-    return write_cache(cfg, tmp_path / "cache", epochs=2, batch_size=16, shard_size=32)
+    return _write(cfg, tmp_path / "cache", 2, batch_size=16, shard_size=32)
 
 
 def test_cache_layout_and_check(cfg, cache_dir) -> None:
@@ -52,13 +82,23 @@ def test_cache_layout_and_check(cfg, cache_dir) -> None:
     assert manifest["epochs"] == 2 and manifest["num_samples"] == 48
     assert manifest["features"] == ["layer2"] and manifest["topk"] == 10
     assert len(manifest["shards"]) == 4  # 2 epochs x 2 shards of <= 32 samples
-    worst = check_cache(cfg, cache_dir, samples=8)
+    worst = check_cache(cache_dir, **_source(cfg), samples=8)
     assert set(worst) == {"logits", "feature.layer2"}
+    with pytest.raises(CacheError, match="already holds a teacher cache"):
+        _write(cfg, cache_dir, 1)
+
+
+def test_bad_arguments_are_refused_before_any_work(cfg, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="--epochs"):
+        _write(cfg, tmp_path / "none", 0)
+    with pytest.raises(ConfigError, match=r"--topk must be in \[1, 10\]"):
+        _write(cfg, tmp_path / "none", 1, topk=11)
+    assert not (tmp_path / "none").exists()
 
 
 def test_replay_gives_the_teacher_its_own_outputs_in_every_epoch(cfg, cache_dir) -> None:
     cache = TeacherCache(cache_dir)
-    train_set, _ = TASKS["classification"].build_datasets(cfg.data)
+    train_set, _ = get_task("classification").build_datasets(cfg.data)
     replay = ReplayDataset(train_set, cache)
     teacher = build_model(cfg.teacher, 10).eval()
     for epoch in (0, 1):
@@ -75,7 +115,7 @@ def test_replay_gives_the_teacher_its_own_outputs_in_every_epoch(cfg, cache_dir)
 
 def test_replay_through_loader_workers_follows_the_epoch(cfg, cache_dir) -> None:
     replay = ReplayDataset(
-        TASKS["classification"].build_datasets(cfg.data)[0], TeacherCache(cache_dir)
+        get_task("classification").build_datasets(cfg.data)[0], TeacherCache(cache_dir)
     )
     teacher = build_model(cfg.teacher, 10).eval()
     loader = DataLoader(replay, batch_size=8, num_workers=2, collate_fn=replay_collate)
@@ -118,7 +158,14 @@ def test_a_cache_of_another_recipe_or_too_few_epochs_is_refused(cfg, cache_dir) 
 def test_terms_that_need_the_teacher_model_are_refused(cfg, tmp_path) -> None:
     cfg.loss = {"cat_kd": {}}
     with pytest.raises(CacheError, match=r"\['cat_kd'\] use the teacher model"):
-        write_cache(cfg, tmp_path / "c", epochs=1)
+        _write(cfg, tmp_path / "c", 1)
+
+
+def test_pipelines_that_cannot_replay_are_refused(tmp_path) -> None:
+    root = write_shapes_dataset(tmp_path, num_train=2, num_val=1, image_size=(32, 32))
+    train_set, _ = build_coco_datasets(root, "train", "val", scale=(32, 32))
+    with pytest.raises(CacheError, match="classification training sets.*DetCompose"):
+        scripted(train_set)
 
 
 def test_top_k_logits_keep_the_rest_mass() -> None:

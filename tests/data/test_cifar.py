@@ -12,6 +12,7 @@ from PIL import Image
 
 from kdforge.data import CIFAR, build_datasets, write_fake_cifar
 from kdforge.data.transforms import ToTensor
+from kdforge.errors import DataError
 
 
 def _raw(folder: Path, fname: str) -> dict:
@@ -84,14 +85,14 @@ def test_build_datasets_cifar(tmp_path: Path) -> None:
 
 
 def test_missing_folder_shows_layout(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(DataError) as err:
         CIFAR(tmp_path / "nope", "cifar100")
     msg = str(err.value)
     assert str(tmp_path / "nope") in msg and "does not exist" in msg
     assert "cifar-100-python/" in msg and "├── train" in msg and "meta" in msg
 
     (tmp_path / "cifar-10-batches-py").mkdir()
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(DataError) as err:
         CIFAR(tmp_path, "cifar10")
     msg = str(err.value)
     assert str(tmp_path / "cifar-10-batches-py") in msg and "data_batch_1" in msg
@@ -101,31 +102,31 @@ def test_missing_folder_shows_layout(tmp_path: Path) -> None:
 def test_partial_folder_names_missing_files(tmp_path: Path) -> None:
     out = write_fake_cifar(tmp_path, "cifar10", num_train=10, num_test=10)
     (out / "data_batch_3").unlink()
-    with pytest.raises(FileNotFoundError, match="lacks data_batch_3"):
+    with pytest.raises(DataError, match="lacks data_batch_3"):
         CIFAR(tmp_path, "cifar10")
 
 
 def test_malformed_files(tmp_path: Path) -> None:
     out = write_fake_cifar(tmp_path, "cifar100", num_train=10, num_test=10)
     (out / "train").write_bytes(b"not a pickle at all")
-    with pytest.raises(ValueError, match="not a CIFAR pickle") as err:
+    with pytest.raises(DataError, match="not a CIFAR pickle") as err:
         CIFAR(tmp_path)
     assert str(out / "train") in str(err.value) and "cifar-100-python/" in str(err.value)
 
     with (out / "train").open("wb") as f:
         pickle.dump({b"data": np.zeros((3, 100), np.uint8), b"fine_labels": [0, 1, 2]}, f)
-    with pytest.raises(ValueError, match="3072"):
+    with pytest.raises(DataError, match="3072"):
         CIFAR(tmp_path)
 
     with (out / "train").open("wb") as f:
         pickle.dump({b"data": np.zeros((3, 3072), np.uint8)}, f)
-    with pytest.raises(ValueError, match="fine_labels") as err:
+    with pytest.raises(DataError, match="fine_labels") as err:
         CIFAR(tmp_path)
     assert "├── train" in str(err.value)
 
     with (out / "train").open("wb") as f:
         pickle.dump({b"data": np.zeros((3, 3072), np.uint8), b"fine_labels": [0, 1]}, f)
-    with pytest.raises(ValueError, match="3 images but 2 labels"):
+    with pytest.raises(DataError, match="3 images but 2 labels"):
         CIFAR(tmp_path)
 
 

@@ -9,17 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
+from kdforge.data import build_segmentation_datasets
 from kdforge.data.cityscapes import (
     CITYSCAPES_CLASSES,
     LABEL_ID_TO_TRAIN_ID,
     Cityscapes,
     SegmentationFolder,
-    build_segmentation_datasets,
     label_ids_to_train_ids,
     make_train_ids,
 )
 from kdforge.data.seg_transforms import SegNormalize
 from kdforge.data.shapes import SEMANTIC_CLASSES, write_shapes_dataset
+from kdforge.errors import ConfigError, DataError
 
 # cityscapesScripts labels.py (id, trainId) of the 19 evaluated classes, in train-id order.
 EVALUATED = [(7, 0), (8, 1), (11, 2), (12, 3), (13, 4), (17, 5), (19, 6), (20, 7), (21, 8)]
@@ -70,7 +71,7 @@ def test_reads_the_official_layout(tmp_path: Path) -> None:
 
 def test_only_label_ids_explains_and_make_train_ids_fixes_it(tmp_path: Path) -> None:
     _write_cityscapes(tmp_path, kind="labelIds")
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(DataError) as err:
         Cityscapes(tmp_path, "train")
     assert f"kdforge cityscapes-trainids {tmp_path}" in str(err.value)
     assert "make_train_ids" in str(err.value) and "4 of 4 images have no mask" in str(err.value)
@@ -82,21 +83,21 @@ def test_only_label_ids_explains_and_make_train_ids_fixes_it(tmp_path: Path) -> 
     label_ids = np.asarray(Image.open(src))
     written = np.asarray(Image.open(str(src).replace("_labelIds", "_labelTrainIds")))
     assert np.array_equal(written, LABEL_ID_TO_TRAIN_ID[label_ids]) and len(train) == 4
-    with pytest.raises(FileNotFoundError, match="no \\*_gtFine_labelIds.png"):
+    with pytest.raises(DataError, match="no \\*_gtFine_labelIds.png"):
         make_train_ids(tmp_path / "leftImg8bit")
 
 
 def test_layout_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="leftImg8bit/<split>/<city>"):
+    with pytest.raises(DataError, match="leftImg8bit/<split>/<city>"):
         Cityscapes(tmp_path, "train")
     _write_cityscapes(tmp_path)
     next((tmp_path / "gtFine" / "val").rglob("*.png")).unlink()
-    with pytest.raises(FileNotFoundError, match="1 of 2 images have no mask") as err:
+    with pytest.raises(DataError, match="1 of 2 images have no mask") as err:
         Cityscapes(tmp_path, "val")
     assert "_gtFine_labelTrainIds.png" in str(err.value)
-    with pytest.raises(ValueError, match="layout must be"):
+    with pytest.raises(ConfigError, match="layout must be"):
         build_segmentation_datasets(tmp_path, layout="voc")
-    with pytest.raises(ValueError, match="needs classes"):
+    with pytest.raises(ConfigError, match="needs classes"):
         build_segmentation_datasets(tmp_path, layout="folder")
 
 
@@ -112,12 +113,12 @@ def test_generic_folder_layout_matches_by_stem(tmp_path: Path) -> None:
     assert train.classes == ("class_0", "class_1", "class_2") and len(val) == 1
     assert val[0][1].tolist() == [[2] * 5] * 4
     Image.new("RGB", (5, 4)).save(tmp_path / "images" / "val" / "b.png")
-    with pytest.raises(FileNotFoundError, match="1 of 2 images have no mask"):
+    with pytest.raises(DataError, match="1 of 2 images have no mask"):
         SegmentationFolder(tmp_path / "images" / "val", tmp_path / "masks" / "val")
     Image.new("L", (3, 3)).save(tmp_path / "masks" / "val" / "b.png")
-    with pytest.raises(ValueError, match="is \\(5, 4\\) but mask"):
+    with pytest.raises(DataError, match="is \\(5, 4\\) but mask"):
         SegmentationFolder(tmp_path / "images" / "val", tmp_path / "masks" / "val")[1]
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         SegmentationFolder(tmp_path / "nope", tmp_path / "masks" / "val")
 
 

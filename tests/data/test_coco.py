@@ -11,9 +11,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from kdforge.data.coco import CocoDetection, build_coco_datasets
+from kdforge.data import build_coco_datasets
+from kdforge.data.coco import CocoDetection
 from kdforge.data.det_transforms import collate_detection
 from kdforge.data.shapes import write_shapes_dataset
+from kdforge.errors import DataError
 
 
 def _coco(tmp_path: Path, annotations: list[dict[str, Any]], **extra: Any) -> tuple[Path, Path]:
@@ -90,7 +92,7 @@ def test_shapes_round_trip_and_loader(tmp_path: Path) -> None:
 def test_malformed_files_name_the_file_and_entry(tmp_path: Path) -> None:
     root, ann_file = _coco(tmp_path, [_ann(1, [1, 2, 3, 4]), _ann(5, [1, 2, 3, 4], cat=99)])
     with pytest.raises(
-        ValueError, match=r"instances\.json.*annotations\[1\] \(id 5\).*category_id 99"
+        DataError, match=r"instances\.json.*annotations\[1\] \(id 5\).*category_id 99"
     ):
         CocoDetection(root, ann_file)
     cases = {
@@ -102,17 +104,17 @@ def test_malformed_files_name_the_file_and_entry(tmp_path: Path) -> None:
     }
     for pattern, anns in cases.items():
         root, ann_file = _coco(tmp_path, anns)
-        with pytest.raises(ValueError, match=pattern):
+        with pytest.raises(DataError, match=pattern):
             CocoDetection(root, ann_file)
     ann_file.write_text('{"images": [], "annotations": [')
-    with pytest.raises(ValueError, match=r"instances\.json.*not valid JSON"):
+    with pytest.raises(DataError, match=r"instances\.json.*not valid JSON"):
         CocoDetection(root, ann_file)
     ann_file.write_text('{"images": [], "annotations": []}')
     with pytest.raises(
-        ValueError, match=r"top level: key\(s\) \['categories'\] missing or not lists"
+        DataError, match=r"top level: key\(s\) \['categories'\] missing or not lists"
     ):
         CocoDetection(root, ann_file)
-    with pytest.raises(FileNotFoundError, match="(?s)does not exist.*annotations/"):
+    with pytest.raises(DataError, match="(?s)does not exist.*annotations/"):
         CocoDetection(root, tmp_path / "nope.json")
 
 
@@ -121,16 +123,16 @@ def test_duplicate_ids_missing_images_and_size_mismatch(tmp_path: Path) -> None:
     data = json.loads(ann_file.read_text())
     data["images"][1]["id"] = 1
     ann_file.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"images\[1\] \(id 1\): duplicate image id"):
+    with pytest.raises(DataError, match=r"images\[1\] \(id 1\): duplicate image id"):
         CocoDetection(root, ann_file)
     root, ann_file = _coco(tmp_path, [])
     (root / "2.png").unlink()
     with pytest.raises(
-        FileNotFoundError, match=r"1 of 2 images listed in .*instances\.json.*image id 2 '2\.png'"
+        DataError, match=r"1 of 2 images listed in .*instances\.json.*image id 2 '2\.png'"
     ):
         CocoDetection(root, ann_file)
-    with pytest.raises(FileNotFoundError, match="image folder"):
+    with pytest.raises(DataError, match="image folder"):
         CocoDetection(tmp_path / "missing", ann_file)
     Image.new("RGB", (10, 10)).save(root / "2.png")
-    with pytest.raises(ValueError, match=r"2\.png' is 10x10 but .* says 40x30"):
+    with pytest.raises(DataError, match=r"2\.png' is 10x10 but .* says 40x30"):
         CocoDetection(root, ann_file)[1]

@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from kdforge.data.det_transforms import (
-    CAFFE_MEAN,
     DETECTION_MEAN,
     DETECTION_STD,
     DetNormalize,
@@ -18,8 +17,6 @@ from kdforge.data.det_transforms import (
     DetRandomResize,
     DetResize,
     collate_detection,
-    detection_transforms,
-    rescale_boxes,
     rescale_size,
 )
 
@@ -113,26 +110,3 @@ def test_collate_pads_to_a_multiple_of_32() -> None:
     assert images[0, :, :50, :70].eq(1).all() and images[0, :, 50:].eq(0).all()
     assert images[0, :, :, 70:].eq(0).all() and images[1, :, :, :33].eq(2).all()
     assert collate_detection([(torch.zeros(3, 32, 64), {})])[0].shape == (1, 3, 32, 64)
-
-
-def test_pipelines_and_mapping_back_to_the_original() -> None:
-    image, target = _sample(64, 48, [[5, 6, 30, 40]])
-    train, val = detection_transforms((100, 60), train_scales=[(100, 40), (100, 60)])
-    assert isinstance(train.transforms[0], DetRandomResize)
-    tensor, t = val(image, target)
-    assert tensor.shape == (3, 60, 80) and t["scale_factor"] == (1.25, 1.25)
-    torch.testing.assert_close(rescale_boxes(t["boxes"], t), target["boxes"])
-    resized, t = DetResize((100, 60))(image, target)
-    _, t = DetRandomFlip(1.0)(resized, t)
-    torch.testing.assert_close(rescale_boxes(t["boxes"], t), target["boxes"])
-
-
-def test_caffe_normalize_is_bgr_minus_the_detectron_mean() -> None:
-    # mmdetection's FCOS: Normalize(mean=[102.9801, 115.9465, 122.7717], std=1, to_rgb=False)
-    image, target = _sample(8, 6, [[1, 1, 5, 5]])
-    _, val = detection_transforms((8, 6), normalize="caffe")
-    tensor, _ = val(image, target)
-    rgb = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)
-    torch.testing.assert_close(tensor, rgb.flip(0) - torch.tensor(CAFFE_MEAN)[:, None, None])
-    with pytest.raises(ValueError, match="normalize must be"):
-        detection_transforms(normalize="tf")

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from kdforge.data import ImageFolder, build_datasets
+from kdforge.errors import ConfigError, DataError
 
 
 def _write(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (12, 9)) -> None:
@@ -59,7 +60,7 @@ def test_corrupt_image_names_the_file(folder: Path) -> None:
     bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
     ds = ImageFolder(folder)
     index = [p for p, _ in ds.samples].index(bad)
-    with pytest.raises(OSError, match=r"c_corrupt\.png"):
+    with pytest.raises(DataError, match=r"c_corrupt\.png"):
         ds[index]
 
 
@@ -69,23 +70,23 @@ def test_truncated_image_names_the_file(tmp_path: Path) -> None:
     data = good.read_bytes()
     (tmp_path / "a" / "truncated.jpg").write_bytes(data[: len(data) // 2])
     ds = ImageFolder(tmp_path)
-    with pytest.raises(OSError, match=r"truncated\.jpg"):
+    with pytest.raises(DataError, match=r"truncated\.jpg"):
         ds[1]
 
 
 def test_errors_show_layout(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist") as err:
+    with pytest.raises(DataError, match="does not exist") as err:
         ImageFolder(tmp_path / "missing")
     assert str(tmp_path / "missing") in str(err.value) and "<class_a>/" in str(err.value)
 
-    with pytest.raises(FileNotFoundError, match="no class sub-folders") as err:
+    with pytest.raises(DataError, match="no class sub-folders") as err:
         ImageFolder(tmp_path)
     assert "<class_a>/" in str(err.value)
 
     _write(tmp_path / "full" / "a.png", (0, 0, 0))
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "x.txt").write_text("")
-    with pytest.raises(FileNotFoundError, match="hold no images") as err:
+    with pytest.raises(DataError, match="hold no images") as err:
         ImageFolder(tmp_path)
     assert "empty" in str(err.value) and "<class_a>/" in str(err.value)
 
@@ -99,11 +100,11 @@ def test_build_datasets_imagefolder(tmp_path: Path) -> None:
     assert train[0][0].shape == val[2][0].shape == (3, 32, 32)
 
     _write(tmp_path / "val" / "n04" / "img.png", (0, 0, 0))
-    with pytest.raises(ValueError, match="n04"):
+    with pytest.raises(DataError, match="n04"):
         build_datasets("imagefolder", tmp_path)
-    with pytest.raises(TypeError, match="image_size"):
+    with pytest.raises(ConfigError, match="image_size"):
         build_datasets("imagefolder", tmp_path, size=3)
-    with pytest.raises(KeyError, match="cifar100, cifar10, imagefolder, digits"):
+    with pytest.raises(ConfigError, match="cifar100, cifar10, imagefolder, digits"):
         build_datasets("imagenet", tmp_path)
-    with pytest.raises(ValueError, match="root"):
+    with pytest.raises(ConfigError, match="root"):
         build_datasets("imagefolder", None)

@@ -18,7 +18,6 @@ from kdforge.data.seg_transforms import (
     SegRandomFlip,
     SegRandomResize,
     collate_segmentation,
-    segmentation_transforms,
 )
 
 
@@ -187,19 +186,9 @@ def test_normalize_and_pad_values() -> None:
     assert (padded_labels[3:] == 255).all() and (padded_labels[:, 5:] == 255).all()
 
 
-def test_pipelines_and_collate() -> None:
-    train, val = segmentation_transforms(crop_size=(16, 24), scale=(48, 24))
-    image, mask = _coords(24, 48)
-    torch.manual_seed(0)
-    for _ in range(5):
-        tensor, labels = train(image, mask)
-        assert tensor.shape == (3, 16, 24) and labels.shape == (16, 24)
-    tensor, labels = val(image, mask)
-    assert tensor.shape == (3, 24, 48) and torch.equal(
-        labels, torch.from_numpy(np.array(mask)).long()
-    )
+def test_collate_pads_images_with_zero_and_masks_with_ignore() -> None:
     images, masks = collate_segmentation(
-        [(torch.ones(3, 4, 6), torch.ones(4, 6, dtype=torch.int64)), val(*_coords(5, 3))]
+        [(torch.ones(3, 4, 6), torch.ones(4, 6, dtype=torch.int64)), SegNormalize()(*_coords(5, 3))]
     )
     assert images.shape == (2, 3, 5, 6) and masks.shape == (2, 5, 6)
     assert (masks[0, 4:] == 255).all() and (images[0, :, 4:] == 0).all()

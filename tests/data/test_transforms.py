@@ -11,7 +11,6 @@ from PIL import Image
 
 from kdforge.data.transforms import (
     CenterCrop,
-    Compose,
     Normalize,
     RandomCrop,
     RandomHorizontalFlip,
@@ -19,8 +18,6 @@ from kdforge.data.transforms import (
     RandomTransform,
     Resize,
     ToTensor,
-    cifar_transforms,
-    imagenet_transforms,
 )
 
 
@@ -156,18 +153,3 @@ def test_to_tensor_and_normalize() -> None:
     assert norm(x.unsqueeze(0)).shape == (1, 3, 2, 3)
     with pytest.raises(ValueError):
         Normalize((0.5,), (0.0,))
-
-
-def test_presets() -> None:
-    train, val = cifar_transforms((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    img = _image(32, 32)
-    assert train(img).shape == val(img).shape == (3, 32, 32)
-    x = val(img)
-    torch.testing.assert_close(x, (ToTensor()(img) - 0.5) / 0.25)
-
-    train, val = imagenet_transforms()
-    assert isinstance(train, Compose)
-    img = _image(300, 400)
-    assert train(img).shape == val(img).shape == (3, 224, 224)
-    assert val.transforms[0].size == 256
-    assert imagenet_transforms(112)[1](img).shape == (3, 112, 112)

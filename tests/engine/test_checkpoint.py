@@ -3,6 +3,7 @@ import torch
 
 from kdforge.engine import checkpoint
 from kdforge.engine.checkpoint import load_checkpoint, save_checkpoint
+from kdforge.errors import CheckpointError
 
 
 def test_round_trip_and_no_temp_files_left(tmp_path):
@@ -27,5 +28,5 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_missing_checkpoint_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
+    with pytest.raises(CheckpointError, match="nope.pt"):
         load_checkpoint(tmp_path / "nope.pt")

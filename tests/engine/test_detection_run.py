@@ -7,6 +7,7 @@ import pytest
 from kdforge.config import load_config
 from kdforge.data.shapes import write_shapes_dataset
 from kdforge.engine.build import build_trainer
+from kdforge.engine.hooks import EvalHook
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_detector_distils_on_fpn_levels_and_reports_coco_ap(shapes_root, tmp_pat
         "train.log_every=1",
     ]
     trainer = build_trainer(load_config(None, overrides), "test")
-    assert trainer.metric == "AP"
+    assert trainer.hook(EvalHook).metric == "AP"
     metrics = trainer.fit()
     assert {"AP", "AP50", "AP75"} <= set(metrics) and metrics["count"] == 3
     records = [

@@ -31,6 +31,10 @@ SCRIPT = textwrap.dedent(
     TERMS["critic"] = Critic
     trainer = build_trainer(load_config(None, sys.argv[2:]), "ddp")
     assert isinstance(trainer.model, torch.nn.parallel.DistributedDataParallel)
+    wrapped = {id(p) for p in trainer.model.parameters()}
+    teacher = {id(p) for p in trainer.distiller.teacher.parameters()}
+    critic = {id(p) for p in trainer.distiller.terms["critic"].parameters()}
+    assert wrapped and not wrapped & (teacher | critic)  # DDP holds student + connectors only
     metrics = trainer.fit()
     params = [*trainer.distiller.student.parameters(), *trainer.distiller.terms.parameters()]
     flat = torch.cat([p.detach().flatten() for p in params])

@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from kdforge.engine.optim import build_optimizer, build_scheduler, lr_factor, parameter_groups
+from kdforge.engine.optim import lr_factor, make_optimizer, make_scheduler, parameter_groups
 
 
 def test_multistep_matches_mdistiller_epoch_decay():
@@ -36,8 +36,8 @@ def test_cosine_with_warmup_endpoints_and_monotonic():
 
 def test_scheduler_steps_per_optimizer_step_and_restores():
     params = [torch.nn.Parameter(torch.zeros(1))]
-    opt = build_optimizer(params, "sgd", lr=0.5, weight_decay=0.0)
-    sched = build_scheduler(
+    opt = make_optimizer(params, "sgd", lr=0.5, weight_decay=0.0)
+    sched = make_scheduler(
         opt, steps_per_epoch=2, epochs=4, name="multistep", milestones=[1, 3], gamma=0.1
     )
     lrs = []
@@ -46,8 +46,8 @@ def test_scheduler_steps_per_optimizer_step_and_restores():
         opt.step()
         sched.step()
     assert lrs == pytest.approx([0.5, 0.5, 0.05, 0.05, 0.05, 0.05, 0.005, 0.005])
-    opt2 = build_optimizer(params, "sgd", lr=0.5, weight_decay=0.0)
-    sched2 = build_scheduler(
+    opt2 = make_optimizer(params, "sgd", lr=0.5, weight_decay=0.0)
+    sched2 = make_scheduler(
         opt2, steps_per_epoch=2, epochs=4, name="multistep", milestones=[1, 3], gamma=0.1
     )
     sched2.load_state_dict(sched.state_dict())
@@ -58,11 +58,11 @@ def test_scheduler_steps_per_optimizer_step_and_restores():
 def test_bad_names_fail_early():
     params = [torch.nn.Parameter(torch.zeros(1))]
     with pytest.raises(ValueError, match="optim.name"):
-        build_optimizer(params, "adam_typo")
-    opt = build_optimizer(params, "adamw", lr=1e-3)
+        make_optimizer(params, "adam_typo")
+    opt = make_optimizer(params, "adamw", lr=1e-3)
     assert isinstance(opt, torch.optim.AdamW)
     with pytest.raises(ValueError, match="schedule.name"):
-        build_scheduler(opt, 1, 1, name="poly_typo")
+        make_scheduler(opt, 1, 1, name="poly_typo")
 
 
 def test_parameter_groups_split_norm_and_bias_settings():
@@ -83,7 +83,7 @@ def test_parameter_groups_split_norm_and_bias_settings():
     assert bias["lr"] == pytest.approx(0.02) and bias["weight_decay"] == 0.0
     assert {id(p) for p in norm["params"]} == {id(model[1].weight), id(model[1].bias)}
     assert norm["weight_decay"] == 0.0
-    optimizer = build_optimizer(groups, "sgd", lr=0.01, weight_decay=1e-4)
+    optimizer = make_optimizer(groups, "sgd", lr=0.01, weight_decay=1e-4)
     assert [g["weight_decay"] for g in optimizer.param_groups] == [1e-4, 0.0, 0.0]
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 0.02, 0.01])
 

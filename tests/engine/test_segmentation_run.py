@@ -8,6 +8,8 @@ from kdforge.cli import main
 from kdforge.config import load_config
 from kdforge.data.shapes import SEMANTIC_CLASSES, write_shapes_dataset
 from kdforge.engine.build import build_trainer
+from kdforge.engine.hooks import EvalHook
+from kdforge.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def test_segmentor_distils_backbone_features_and_reports_miou(shapes_root, tmp_p
         "train.log_every=1",
     ]
     trainer = build_trainer(load_config(None, overrides), "test")
-    assert trainer.metric == "mIoU"
+    assert trainer.hook(EvalHook).metric == "mIoU"
     metrics = trainer.fit()
     assert 0 <= metrics["mIoU"] <= 100 and "IoU" in metrics["table"]
     records = [json.loads(x) for x in (tmp_path / "seg" / "log.jsonl").read_text().splitlines()]
@@ -76,5 +78,6 @@ def test_teacher_with_no_skill_is_refused(shapes_root, tmp_path):
             f"train.out_dir={tmp_path}",
         ],
     )
-    with pytest.raises(RuntimeError, match="mIoU"):
-        build_trainer(cfg, "test")
+    trainer = build_trainer(cfg, "test")
+    with pytest.raises(ConfigError, match="mIoU"):
+        trainer.fit()  # the teacher is checked before the first step

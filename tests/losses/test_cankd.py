@@ -8,7 +8,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdforge.distiller import Distiller
-from kdforge.losses import TERMS, CanKD, CanKDAlignLoss, CanKDLoss, init_student_from_teacher
+from kdforge.losses import (
+    TERMS,
+    CanKDAlignLoss,
+    CanKDLevelLoss,
+    CanKDLoss,
+    init_student_from_teacher,
+)
 from kdforge.losses.cankd import cross_nonlocal_attention
 
 OFFICIAL_KEYS = [  # (key, shape) for C=8, Ci=4, in NLKD_IN_Loss's registration order
@@ -34,7 +40,7 @@ def _instance_norm(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / torch.sqrt(var + 1e-5)
 
 
-def _reference(loss: CanKDLoss, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def _reference(loss: CanKDLevelLoss, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """The official forward written out with einsum (train-mode BN = batch statistics)."""
     att = loss.non_local_att
     theta = F.conv2d(s, att.att.theta.weight, att.att.theta.bias)
@@ -50,12 +56,12 @@ def _reference(loss: CanKDLoss, s: torch.Tensor, t: torch.Tensor) -> torch.Tenso
         1, -1, 1, 1
     ) + bn.bias.view(1, -1, 1, 1)
     diff = _instance_norm(wy + s) - _instance_norm(t)
-    return loss.loss_weight * diff.pow(2).mean() / 2
+    return loss.weight * diff.pow(2).mean() / 2
 
 
 def test_parameters_match_the_official_names_shapes_order_and_rng_order():
     torch.manual_seed(0)
-    loss = CanKDLoss(8)
+    loss = CanKDLevelLoss(8)
     assert [(k, tuple(v.shape)) for k, v in loss.state_dict().items()] == OFFICIAL_KEYS
     torch.manual_seed(0)  # the official constructor draws theta, phi, g, then W.0
     convs = [nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)]
@@ -64,14 +70,14 @@ def test_parameters_match_the_official_names_shapes_order_and_rng_order():
     for a, b in zip(mine, convs, strict=True):
         assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
     assert not loss.non_local_att.W[1].weight.any() and not loss.non_local_att.W[1].bias.any()
-    assert CanKDLoss(1).inter_channels == 1 and CanKDLoss(256).inter_channels == 128
+    assert CanKDLevelLoss(1).inter_channels == 1 and CanKDLevelLoss(256).inter_channels == 128
 
 
 @pytest.mark.parametrize("product", ["reordered", "affinity"])
 def test_at_init_the_loss_is_weighted_instance_normalised_mse(product: str):
     torch.manual_seed(1)
     s, t = torch.randn(2, 8, 6, 10) * 3 + 1, torch.randn(2, 8, 6, 10)
-    loss = CanKDLoss(8, loss_weight=10.0, product=product)
+    loss = CanKDLevelLoss(8, weight=10.0, product=product)
     expected = 10.0 / 2 * (_instance_norm(s) - _instance_norm(t)).pow(2).mean()
     torch.testing.assert_close(loss(s, t), expected, rtol=1e-6, atol=0)
 
@@ -97,7 +103,7 @@ def test_both_products_match_the_official_forward_in_value_and_gradient(size):
     results = []
     for product in ("affinity", "reordered"):
         torch.manual_seed(4)
-        loss = CanKDLoss(8, loss_weight=10.0, product=product)
+        loss = CanKDLevelLoss(8, weight=10.0, product=product)
         nn.init.normal_(loss.non_local_att.W[1].weight, std=0.4)  # switch attention on
         nn.init.normal_(loss.non_local_att.W[1].bias, std=0.1)
         s_ = s.clone().requires_grad_(True)
@@ -114,14 +120,14 @@ def test_both_products_match_the_official_forward_in_value_and_gradient(size):
 
 def test_unequal_shapes_are_refused():
     with pytest.raises(ValueError, match="equal shapes"):
-        CanKDLoss(8)(torch.randn(1, 8, 4, 4), torch.randn(1, 8, 4, 6))
+        CanKDLevelLoss(8)(torch.randn(1, 8, 4, 4), torch.randn(1, 8, 4, 6))
     with pytest.raises(ValueError, match="product"):
-        CanKDLoss(8, product="softmax")
+        CanKDLevelLoss(8, product="softmax")
 
 
 def test_align_variant_averages_levels_and_resizes_the_student():
     torch.manual_seed(5)
-    loss = CanKDAlignLoss(8, loss_weight=3.0)
+    loss = CanKDAlignLoss(8, weight=3.0)
     s = [torch.randn(2, 8, 8, 8), torch.randn(2, 8, 3, 5), torch.randn(2, 8, 2, 2)]
     t = [torch.randn(2, 8, 8, 8), torch.randn(2, 8, 6, 10)]  # 2 levels: the third is ignored
     resized = F.interpolate(s[1], size=(6, 10), mode="bilinear", align_corners=False)
@@ -167,12 +173,12 @@ def test_term_gradients_reach_student_and_loss_modules_not_teacher():
 
 
 def test_term_without_connector_refuses_channel_mismatch():
-    term = CanKD(["backbone"], connector="none")
+    term = CanKDLoss(["backbone"], connector="none")
     shape_s, shape_t = torch.Size([2, 4, 6, 6]), torch.Size([2, 16, 6, 6])
     with pytest.raises(ValueError, match="connector='auto'"):
         term.build({"backbone": shape_s}, {"backbone": shape_t})
     with pytest.raises(ValueError, match="equal stride"):
-        CanKD(["backbone"]).build({"backbone": shape_s}, {"backbone": torch.Size([2, 4, 3, 3])})
+        CanKDLoss(["backbone"]).build({"backbone": shape_s}, {"backbone": torch.Size([2, 4, 3, 3])})
 
 
 def test_cankd_dagger_copies_neck_and_head_from_the_teacher():
@@ -187,6 +193,6 @@ def test_cankd_dagger_copies_neck_and_head_from_the_teacher():
     with pytest.raises(ValueError, match="same type"):
         init_student_from_teacher(_Tiny(16), _Tiny(4), prefixes=("backbone",))
     other = _Tiny(16)
-    term = CanKD(["neck"], init_from_teacher=["neck", "bbox_head"])
+    term = CanKDLoss(["neck"], init_from_teacher=["neck", "bbox_head"])
     Distiller(teacher, other, {"cankd": term})
     assert torch.equal(other.neck.weight, teacher.neck.weight)

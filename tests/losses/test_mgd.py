@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdforge.distiller import Distiller
-from kdforge.losses import MGD, TERMS, mgd_loss
+from kdforge.losses import TERMS, MGDLoss, mgd_loss
 from kdforge.losses.mgd import MGDConnector, mgd_mask
 
 
@@ -32,7 +32,7 @@ def test_loss_is_alpha_times_sum_of_squares_over_batch():
 @pytest.mark.parametrize("channels", [(8, 8), (4, 8)])
 def test_term_matches_a_hand_computation_with_a_seeded_mask(channels: tuple[int, int]):
     c_s, c_t = channels
-    term = TERMS["mgd"](["feat"], alpha_mgd=1e-3, lambda_mgd=0.5)
+    term = TERMS["mgd"](["feat"], weight=1e-3, lambda_mgd=0.5)
     term.build({"feat": torch.Size([2, c_s, 5, 7])}, {"feat": torch.Size([2, c_t, 5, 7])})
     connector = term.connectors[0]
     assert (connector.align is None) == (c_s == c_t)
@@ -65,7 +65,7 @@ def test_term_trains_the_generator_and_student_not_the_teacher():
     torch.manual_seed(2)
     teacher = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1))
     student = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 1))
-    term = MGD(["0"], ["0"])
+    term = MGDLoss(["0"], ["0"])
     x = torch.randn(2, 3, 6, 6)
     _, losses = Distiller(teacher, student, {"mgd": term}, example_input=x).train()(x, None)
     losses["mgd.0"].backward()
@@ -73,4 +73,4 @@ def test_term_trains_the_generator_and_student_not_the_teacher():
     assert all(p.grad is not None for p in term.parameters())
     assert all(p.grad is None for p in teacher.parameters())
     with pytest.raises(ValueError, match="equal stride"):
-        MGD(["a"]).build({"a": torch.Size([2, 4, 6, 6])}, {"a": torch.Size([2, 4, 3, 3])})
+        MGDLoss(["a"]).build({"a": torch.Size([2, 4, 6, 6])}, {"a": torch.Size([2, 4, 3, 3])})

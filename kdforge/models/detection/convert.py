@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from kdforge.errors import CheckpointError
 from kdforge.models._convert import match_state_dict, unwrap_checkpoint
 from kdforge.models._registry import list_models
 from kdforge.models.factory import create_model
@@ -46,7 +47,9 @@ def _backbone_name(state: dict[str, Tensor]) -> str:
         (blocks, bottleneck)
     )
     if depth is None:
-        raise ValueError(f"unsupported ResNet: {blocks} blocks in layer3, bottleneck={bottleneck}")
+        raise CheckpointError(
+            f"unsupported ResNet: {blocks} blocks in layer3, bottleneck={bottleneck}"
+        )
     inner, per_group = state["backbone.layer1.0.conv2.weight"].shape[:2]
     if inner == per_group:
         return f"r{depth}"
@@ -61,13 +64,13 @@ def detect_mmdet_model(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
     """
     kind = next((k for p, k in _HEAD_KINDS.items() if f"bbox_head.{p}.weight" in state), None)
     if kind is None:
-        raise ValueError(
+        raise CheckpointError(
             "not an mmdetection RetinaNet/FCOS/ATSS/GFL checkpoint: no bbox_head."
             f"{{{','.join(_HEAD_KINDS)}}}.weight key"
         )
     name = f"{kind}_{_backbone_name(state)}_fpn"
     if name not in list_models("detection"):
-        raise ValueError(
+        raise CheckpointError(
             f"no registered detector {name!r} for this checkpoint; registered: "
             + ", ".join(list_models("detection"))
         )

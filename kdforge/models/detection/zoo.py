@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from kdforge.errors import ConfigError
 from kdforge.models._registry import register_model
 from kdforge.models.detection._dense_head import DenseHead
 from kdforge.models.detection.atss import ATSSHead
@@ -88,7 +89,7 @@ def build_detector(
             ``stacked_convs``, ``center_sampling``, ``nms_iou``).
     """
     if kind not in DETECTORS:
-        raise KeyError(f"unknown detector {kind!r}; known: {', '.join(DETECTORS)}")
+        raise ConfigError(f"unknown detector {kind!r}; known: {', '.join(DETECTORS)}")
     head_cls, default_style, bn_grad, extra_convs, relu_before = DETECTORS[kind]
     backbone = ResNetBackbone(
         depth,

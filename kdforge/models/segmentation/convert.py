@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from kdforge.errors import CheckpointError
 from kdforge.models._convert import match_state_dict, unwrap_checkpoint
 from kdforge.models.factory import create_model
 
@@ -36,7 +37,7 @@ def detect_mmseg_model(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
     """
     kind = next((k for key, k in _HEAD_KINDS.items() if key in state), None)
     if kind is None:
-        raise ValueError(
+        raise CheckpointError(
             "not an mmsegmentation PSPNet/DeepLabV3 checkpoint: no key " + " or ".join(_HEAD_KINDS)
         )
     if "backbone.layer7.0.conv.0.conv.weight" in state:
@@ -45,10 +46,10 @@ def detect_mmseg_model(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
         blocks = len({m[1] for k in state if (m := re.match(r"backbone\.layer3\.(\d+)\.", k))})
         depth = _DEPTHS.get((blocks, "backbone.layer1.0.conv3.weight" in state))
         if depth is None:
-            raise ValueError(f"unsupported ResNet-V1c: {blocks} blocks in backbone.layer3")
+            raise CheckpointError(f"unsupported ResNet-V1c: {blocks} blocks in backbone.layer3")
         backbone = f"r{depth}"
     else:
-        raise ValueError("unsupported backbone: neither ResNet-V1c (stem.*) nor MobileNetV2")
+        raise CheckpointError("unsupported backbone: neither ResNet-V1c (stem.*) nor MobileNetV2")
     return f"{kind}_{backbone}", {"num_classes": state["decode_head.conv_seg.weight"].shape[0]}
 
 

@@ -8,7 +8,7 @@ import torch
 from kdforge.data.cityscapes import SegmentationFolder
 from kdforge.data.seg_transforms import SegNormalize, collate_segmentation
 from kdforge.data.shapes import SEMANTIC_CLASSES, write_shapes_dataset
-from kdforge.engine.seg_eval import evaluate_segmentation
+from kdforge.engine.eval.segmentation import evaluate_segmentation
 from kdforge.models import create_model
 from kdforge.models.segmentation import AUX_LOSS_WEIGHT, segmentation_loss
 from kdforge.taps import FeatureTaps

@@ -1,0 +1,29 @@
+"""Options that several commands share, declared once."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_overrides", "add_role"]
+
+
+def add_overrides(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE ...``: recipe overrides, collected in ``args.overrides``."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override recipe keys, e.g. --set optim.lr=0.1 data.root=~/data",
+    )
+
+
+def add_role(parser: argparse.ArgumentParser) -> None:
+    """``--model {student,teacher}``: which model of the recipe, in ``args.model``."""
+    parser.add_argument(
+        "--model",
+        choices=["student", "teacher"],
+        default="student",
+        help="which model of the recipe to build (default student)",
+    )

@@ -1,0 +1,47 @@
+"""``kdforge probe``: every module path of teacher and student with its output shape."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "list module paths and output shapes to pick taps"
+DESCRIPTION = (
+    "Print every module path of teacher and student with its output shape, from a recipe "
+    "or from zoo names."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="recipe YAML (or use --teacher/--student)")
+    parser.add_argument("--teacher", help="zoo model name")
+    parser.add_argument("--student", help="zoo model name")
+    parser.add_argument(
+        "--input-size",
+        nargs=3,
+        type=int,
+        metavar=("C", "H", "W"),
+        help="input size (default: the model's own, e.g. 3 32 32 for CIFAR)",
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from kdforge.analysis.probe import format_probe, probe_model
+    from kdforge.config import load_config
+    from kdforge.errors import ConfigError
+    from kdforge.models import create_model, get_model_info
+
+    if args.config:
+        cfg = load_config(args.config)
+        names = {"teacher": cfg.teacher.name, "student": cfg.student.name}
+    else:
+        names = {"teacher": args.teacher, "student": args.student}
+    names = {role: name for role, name in names.items() if name}
+    if not names:
+        raise ConfigError("kdforge probe needs a recipe or --teacher/--student NAME")
+    for role, name in names.items():
+        size = tuple(args.input_size or get_model_info(name).input_size)
+        rows = probe_model(create_model(name), torch.zeros(1, *size))
+        print(format_probe(f"{role}: {name} on input 1x{'x'.join(map(str, size))}", rows))
+        print()

@@ -1,1 +1,0 @@
-"""Tools around training: layer probing, export of the student."""
