@@ -84,6 +84,7 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
+    deterministic: bool = False  # deterministic GPU kernels: bit-identical reruns and resumes
     amp: str = "none"  # none | bf16 | fp16 (fp16 needs CUDA)
     device: str = "auto"  # auto | cpu | cuda | mps
     out_dir: str = "runs"

@@ -33,7 +33,7 @@ from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.distributed import DistInfo, init_distributed
 from kdforge.engine.ema import ModelEMA, adjusted_ema_decay
 from kdforge.engine.optim import make_optimizer, make_scheduler, parameter_groups
-from kdforge.engine.seeding import seed_everything
+from kdforge.engine.seeding import seed_everything, use_deterministic_algorithms
 from kdforge.engine.tasks import Task, get_task
 from kdforge.engine.trainer import Trainer, check_amp
 from kdforge.errors import ConfigError
@@ -342,6 +342,8 @@ def build_trainer(
 
     With ``resume`` (a run folder), the trainer continues from its ``last.pt``.
     """
+    if cfg.train.deterministic:
+        use_deterministic_algorithms()
     dist = dist or init_distributed(cfg.train.device)
     seed_everything(cfg.train.seed)
     task = get_task(cfg.task)

@@ -17,6 +17,7 @@ KD_RECIPE = [
     "teacher_layer: layer2, weight: 1.0}}",
     "optim.lr=0.05",
     "schedule.epochs=2",
+    "train.deterministic=true",  # exactness on GPU too (CPU kernels are deterministic)
     "schedule.milestones=[1]",
 ]
 
