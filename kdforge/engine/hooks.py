@@ -20,6 +20,7 @@ from tqdm import tqdm
 from kdforge.engine.checkpoint import save_checkpoint
 from kdforge.engine.distributed import all_reduce_sum
 from kdforge.engine.ema import ModelEMA
+from kdforge.errors import ConfigError
 
 if TYPE_CHECKING:
     from kdforge.engine.trainer import Trainer
@@ -37,6 +38,12 @@ __all__ = [
 ]
 
 Metrics = dict[str, Any]
+
+
+def _check_every(hook: str, key: str, every: int) -> int:
+    if every < 1:
+        raise ConfigError(f"{hook}: every must be >= 1 ({key}), got {every}")
+    return every
 
 
 def _numbers(values: Mapping[str, Any]) -> dict[str, float]:
@@ -216,7 +223,8 @@ class EvalHook(HookBase):
         every: int = 1,
         extra_models: Mapping[str, nn.Module] | None = None,
     ) -> None:
-        self.evaluate, self.metric, self.every = evaluate, metric, every
+        self.evaluate, self.metric = evaluate, metric
+        self.every = _check_every("EvalHook", "train.eval_every", every)
         self.extra_models = dict(extra_models or {})
 
     def after_epoch(self) -> None:
@@ -261,7 +269,7 @@ class LoggingHook(HookBase):
     the last), each evaluation."""
 
     def __init__(self, every: int = 20) -> None:
-        self.every = every
+        self.every = _check_every("LoggingHook", "train.log_every", every)
 
     def after_step(self) -> None:
         trainer = self.trainer
@@ -289,7 +297,7 @@ class ProgressHook(HookBase):
     each epoch with the evaluation, the best value, the time spent and the time left."""
 
     def __init__(self, every: int = 20) -> None:
-        self.every = every
+        self.every = _check_every("ProgressHook", "train.log_every", every)
         self.bar: tqdm | None = None
 
     def before_train(self) -> None:

@@ -118,6 +118,8 @@ class Trainer:
         max_steps: int | None = None,
     ) -> None:
         self.dist = dist or DistInfo()
+        if epochs < 1:
+            raise ConfigError(f"the run needs at least one epoch (schedule.epochs), got {epochs}")
         self.distiller, self.optimizer, self.scheduler = distiller, optimizer, scheduler
         self.train_loader, self.epochs = train_loader, epochs
         self.run_dir = Path(run_dir) if run_dir is not None else None

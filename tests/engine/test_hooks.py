@@ -184,3 +184,16 @@ def test_two_hooks_with_one_state_key_are_refused():
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
     with pytest.raises(ConfigError, match="state key"):
         Trainer(distiller, optimizer, scheduler, [], 1, hooks=[CountingHook(), CountingHook()])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.eval_every=0", r"every must be >= 1 \(train.eval_every\)"),
+        ("train.log_every=0", r"every must be >= 1 \(train.log_every\)"),
+        ("schedule.epochs=0", "at least one epoch"),
+    ],
+)
+def test_counts_below_one_are_refused_before_training(tiny_overrides, override, message):
+    with pytest.raises(ConfigError, match=message):
+        _trainer([*tiny_overrides, *KD, override])
