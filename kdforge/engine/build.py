@@ -33,6 +33,7 @@ from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.distributed import DistInfo, init_distributed
 from kdforge.engine.ema import ModelEMA, adjusted_ema_decay
 from kdforge.engine.optim import make_optimizer, make_scheduler, parameter_groups
+from kdforge.engine.run_folder import RunFolder
 from kdforge.engine.seeding import seed_everything, use_deterministic_algorithms
 from kdforge.engine.tasks import Task, get_task
 from kdforge.engine.trainer import Trainer, check_amp
@@ -271,8 +272,8 @@ def build_hooks(
     meta: dict[str, Any],
 ) -> list[H.HookBase]:
     """The run's hooks, in the order they are called: stop-distillation, auxiliary
-    optimizer, EMA, teacher check, evaluation, the recipe's ``train.hooks``,
-    checkpointing, logging, progress."""
+    optimizer, EMA, teacher check, evaluation, the recipe's ``train.hooks``, logging,
+    checkpointing, progress."""
     train = cfg.train
     hooks: list[H.HookBase] = []
     if train.stop_distillation is not None:
@@ -298,9 +299,9 @@ def build_hooks(
         hooks.append(H.TeacherCheckHook(evaluate, check, f"teacher {cfg.teacher.name}"))
     hooks.append(H.EvalHook(evaluate, task.metric, train.eval_every, extra_models))
     hooks += [_user_hook(i, spec) for i, spec in enumerate(train.hooks)]
-    hooks += [
-        H.CheckpointHook(meta),
+    hooks += [  # logs before the checkpoint: a resume cuts them back to the checkpoint's step
         H.LoggingHook(train.log_every),
+        H.CheckpointHook(meta),
         H.ProgressHook(train.log_every),
     ]
     return hooks
@@ -323,13 +324,7 @@ def _run_dir(cfg: DictConfig, recipe_name: str, dist: DistInfo, resume: str | Pa
         box = [name]
         torch.distributed.broadcast_object_list(box, src=0)
         name = box[0]
-    run_dir = Path(cfg.train.out_dir) / name
-    if (run_dir / "last.pt").exists():
-        raise ConfigError(
-            f"{run_dir} already holds a run; resume it with --resume {run_dir} or pick another "
-            "train.name"
-        )
-    return run_dir
+    return Path(cfg.train.out_dir) / name
 
 
 def build_trainer(
@@ -340,11 +335,31 @@ def build_trainer(
 ) -> Trainer:
     """Build data, models, terms, optimizer, hooks and the trainer from ``cfg``.
 
-    With ``resume`` (a run folder), the trainer continues from its ``last.pt``.
+    The run folder is opened (and locked) first; with ``resume`` (a run folder), its
+    ``last.pt`` is read before anything else is built, and the trainer continues from it.
+    A build that fails leaves no new run folder behind.
     """
     if cfg.train.deterministic:
         use_deterministic_algorithms()
     dist = dist or init_distributed(cfg.train.device)
+    run_dir = _run_dir(cfg, recipe_name, dist, resume)
+    folder = RunFolder(run_dir, resume=bool(resume), writer=dist.is_main)
+    try:
+        state = load_checkpoint(run_dir / "last.pt") if resume else None
+        trainer = _build(cfg, dist, folder)
+        if state is None:
+            if dist.is_main:
+                save_config(cfg, run_dir / "config.yaml")
+            return trainer
+        trainer.load_state_dict(state)
+    except BaseException:
+        folder.close(success=False)
+        raise
+    trainer.logger.print(f"resumed {run_dir} after epoch {trainer.epoch} (step {trainer.step})")
+    return trainer
+
+
+def _build(cfg: DictConfig, dist: DistInfo, folder: RunFolder) -> Trainer:
     seed_everything(cfg.train.seed)
     task = get_task(cfg.task)
     amp_dtype = check_amp(cfg.train.amp, dist.device)  # before the data: fail early
@@ -365,25 +380,17 @@ def build_trainer(
         "student_name": cfg.student.name,
         "num_classes": cfg.student.num_classes or num_classes,
     }
-    hooks = build_hooks(cfg, task, evaluate, distiller, optimizers, dist, meta)
-    run_dir = _run_dir(cfg, recipe_name, dist, resume)
-    trainer = Trainer(
+    return Trainer(
         distiller,
         optimizers.optimizer,
         optimizers.scheduler,
         train_loader,
         optimizers.epochs,
-        hooks,
-        run_dir=run_dir,
+        build_hooks(cfg, task, evaluate, distiller, optimizers, dist, meta),
+        run_dir=folder,
         dist=dist,
         amp=cfg.train.amp,
         clip_grad_norm=cfg.optim.clip_grad_norm,
         seed=cfg.train.seed,
         max_steps=optimizers.max_steps,
     )
-    if dist.is_main:
-        save_config(cfg, run_dir / "config.yaml")
-    if resume:
-        trainer.load_state_dict(load_checkpoint(run_dir / "last.pt"))
-        trainer.logger.print(f"resumed {run_dir} after epoch {trainer.epoch} (step {trainer.step})")
-    return trainer

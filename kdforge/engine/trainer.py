@@ -15,8 +15,9 @@ from torch import nn
 from kdforge.distiller import Distiller
 from kdforge.engine.distributed import DistInfo
 from kdforge.engine.logging import RunLogger
+from kdforge.engine.run_folder import RunFolder
 from kdforge.engine.seeding import epoch_seed, seed_everything
-from kdforge.errors import ConfigError, NonFiniteLossError
+from kdforge.errors import CheckpointError, ConfigError, NonFiniteLossError
 
 if TYPE_CHECKING:
     from kdforge.engine.hooks import HookBase
@@ -94,7 +95,8 @@ class Trainer:
         train_loader: yields ``(inputs, targets)``.
         epochs: total number of epochs.
         hooks: called in this order at each event; a resumed run restores their states.
-        run_dir: the run folder (logs, checkpoints), if any.
+        run_dir: the run folder (logs, checkpoints), if any: a path (a new run) or an
+            opened :class:`~kdforge.engine.run_folder.RunFolder` (e.g. one to resume).
         dist: process/device information.
         amp: "none", "bf16" or "fp16" (fp16 with a gradient scaler, CUDA only).
         clip_grad_norm: clip the global gradient norm to this value, if set.
@@ -110,7 +112,7 @@ class Trainer:
         train_loader: Iterable,
         epochs: int,
         hooks: Sequence[HookBase] = (),
-        run_dir: str | Path | None = None,
+        run_dir: str | Path | RunFolder | None = None,
         dist: DistInfo | None = None,
         amp: str = "none",
         clip_grad_norm: float | None = None,
@@ -122,7 +124,10 @@ class Trainer:
             raise ConfigError(f"the run needs at least one epoch (schedule.epochs), got {epochs}")
         self.distiller, self.optimizer, self.scheduler = distiller, optimizer, scheduler
         self.train_loader, self.epochs = train_loader, epochs
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+        if run_dir is not None and not isinstance(run_dir, RunFolder):
+            run_dir = RunFolder(run_dir, writer=self.dist.is_main)
+        self.folder = run_dir
+        self.run_dir = run_dir.path if run_dir is not None else None
         self.amp_dtype = check_amp(amp, self.dist.device)
         self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
         self.clip_grad_norm, self.seed, self.max_steps = clip_grad_norm, seed, max_steps
@@ -134,8 +139,7 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(
                 distiller.trainable_module(), device_ids=ids, find_unused_parameters=unused
             )
-        enabled = self.dist.is_main and self.run_dir is not None
-        self.logger = RunLogger(self.run_dir or ".", enabled=enabled)
+        self.logger = run_dir.logger if run_dir is not None else RunLogger(".", enabled=False)
         self.hooks = list(hooks)
         names = [h.state_key for h in self.hooks]
         if len(set(names)) < len(names):
@@ -177,13 +181,21 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.distiller.student.load_state_dict(state["student"])
-        self.distiller.terms.load_state_dict(state["terms"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        """Restore :meth:`state_dict`; a checkpoint of another run is a CheckpointError."""
+        try:
+            self.distiller.student.load_state_dict(state["student"])
+            self.distiller.terms.load_state_dict(state["terms"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise CheckpointError(
+                f"the checkpoint does not fit this run's student, terms or optimizer ({err})"
+            ) from None
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
+        if self.folder is not None:
+            self.folder.cut_logs(self.step)  # drop what a killed run logged after it
         saved = dict(state.get("hooks", {}))
         for hook in self.hooks:
             if hook.state_key in saved:
@@ -210,8 +222,9 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train from ``self.epoch`` to ``epochs``; returns the last evaluation."""
-        self._call("before_train")
+        success = False
         try:
+            self._call("before_train")
             while self.epoch < self.epochs and not self.done():
                 self.metrics, self.improved = {}, False
                 self._call("before_epoch")
@@ -219,8 +232,12 @@ class Trainer:
                 self.epoch += 1
                 self._call("after_epoch")
             self._call("after_train")
+            success = True
         finally:
-            self.logger.close()
+            if self.folder is not None:
+                self.folder.close(success)
+            else:
+                self.logger.close()
         return self.metrics
 
     def _start_epoch(self) -> None:
