@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -14,6 +15,19 @@ from kdforge.taps import FeatureTaps
 from kdforge.teacher import TeacherReplay, TeacherRuntime, compile_or_eager
 
 __all__ = ["Distiller"]
+
+
+@contextlib.contextmanager
+def _named(term: str) -> Iterator[None]:
+    """A term that refuses its models or shapes (ValueError, KeyError) is a ConfigError
+    naming the term: the models or layers of the recipe do not fit it."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        raise ConfigError(f"loss.{term}: {message}") from err
 
 
 class Distiller(nn.Module):
@@ -73,8 +87,9 @@ class Distiller(nn.Module):
         self.student = student
         self.terms = nn.ModuleDict(terms)
         self.teacher = teacher.requires_grad_(False).eval() if teacher is not None else None
-        for term in self.terms.values():
-            term.attach(student, teacher)
+        for name, term in self.terms.items():
+            with _named(name):
+                term.attach(student, teacher)
         readers = [n for n, t in needy.items() if t.needs_teacher_output or "" in t.teacher_taps]
         if truncate_teacher and readers:  # after attach: taps may depend on the models
             raise ConfigError(
@@ -192,8 +207,9 @@ class Distiller(nn.Module):
         student_shapes = {k: shape_tree(v) for k, v in student_features.items()}
         teacher_shapes = {k: shape_tree(v) for k, v in teacher_features.items()}
         before = {id(p) for p in self.terms.parameters()}
-        for term in self.terms.values():
-            term.build(student_shapes, teacher_shapes)
+        for name, term in self.terms.items():
+            with _named(name):
+                term.build(student_shapes, teacher_shapes)
         device = next(self.student.parameters()).device
         self.terms.to(device).train(self.training)  # new connectors follow the mode
         self._built = True

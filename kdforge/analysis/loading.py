@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader
 from kdforge.engine.build import build_data, build_model
 from kdforge.engine.distributed import DistInfo, select_device
 from kdforge.engine.tasks import get_task
-from kdforge.errors import CheckpointError, ConfigError
-from kdforge.models import read_state_dict
+from kdforge.errors import ConfigError
+from kdforge.models import load_pretrained
 
 __all__ = ["load_model", "model_input", "validation_loader", "write_csv"]
 
@@ -37,15 +37,10 @@ def load_model(
     if spec.name is None:
         raise ConfigError(f"the recipe has no {role} (set {role}.name)")
     if checkpoint is not None:
-        if not Path(checkpoint).is_file():
-            raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not exist")
         spec.pretrained = None
     model = build_model(spec, num_classes)
     if checkpoint is not None:
-        try:
-            model.load_state_dict(read_state_dict(checkpoint))
-        except RuntimeError as err:  # missing, unexpected or misshapen keys
-            raise CheckpointError(f"{checkpoint} does not fit {role} {spec.name}: {err}") from err
+        load_pretrained(model, checkpoint)  # names missing, unexpected and misshapen keys
     return model.eval()
 
 

@@ -25,15 +25,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     import importlib
-    from pathlib import Path
 
     import torch
     from safetensors.torch import save_file
 
+    from kdforge.engine.export import output_path
+
     module, function = CONVERTERS[args.kind].split(":")
     state = getattr(importlib.import_module(module), function)(args.src)
-    out = Path(args.dst)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = output_path(args.dst, "DST")
     if out.suffix == ".safetensors":
         save_file({k: v.contiguous() for k, v in state.items()}, str(out))
     else:

@@ -152,7 +152,24 @@ def build_data(
 def build_models(
     cfg: DictConfig, num_classes: int, dist: DistInfo, with_teacher: bool = True
 ) -> tuple[nn.Module | None, nn.Module]:
-    """``(teacher or None, student)`` on the run's device; SyncBN in the student if asked."""
+    """``(teacher or None, student)`` on the run's device; SyncBN in the student if asked.
+
+    A model with fewer classes than the data's labels, or, with mixup, a student whose
+    classes differ from the data's (its soft targets have the data's), is a ConfigError.
+    """
+    for role in ("teacher", "student"):
+        given = cfg[role].num_classes
+        if given is not None and given < num_classes and (role == "student" or cfg.teacher.name):
+            raise ConfigError(
+                f"{role}.num_classes={given} but the data has {num_classes} classes; set it to "
+                f"{num_classes} or leave it unset (it then follows the data)"
+            )
+    given = cfg.student.num_classes
+    if cfg.data.mixup_alpha > 0 and given is not None and given != num_classes:
+        raise ConfigError(
+            f"data.mixup_alpha mixes {num_classes}-class targets but student.num_classes={given}"
+            "; leave student.num_classes unset"
+        )
     student = build_model(cfg.student, num_classes).to(dist.device)
     if cfg.train.sync_bn and dist.distributed:  # BN statistics over the global batch
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from kdforge.errors import ConfigError
+
 __all__ = ["DistInfo", "all_reduce_sum", "cleanup_distributed", "init_distributed", "select_device"]
 
 
@@ -38,11 +40,16 @@ def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
             name = "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but CUDA is not available; use auto or cpu")
+            raise ConfigError(
+                "train.device=cuda but this torch sees no CUDA device "
+                f"(torch {torch.__version__}); use train.device=auto or cpu"
+            )
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     if name not in ("cpu", "mps"):
-        raise ValueError(f"train.device must be auto, cpu, cuda or mps, got {name!r}")
+        raise ConfigError(f"train.device must be auto, cpu, cuda or mps, got {name!r}")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("train.device=mps but MPS is not available; use train.device=auto")
     return torch.device(name)
 
 

@@ -30,6 +30,18 @@ def find_checkpoint(run: str | Path, which: str = "best") -> Path:
     raise CheckpointError(f"{run} holds no {which}.pt or last.pt; is it a kdforge run folder?")
 
 
+def output_path(out: str | Path, option: str = "--out") -> Path:
+    """``out`` with its folder created; a path under a file or a folder is a ConfigError."""
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"{option} {out} is a folder; give a file name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot write {option} {out} ({err.strerror}: {out.parent})") from None
+    return out
+
+
 def export_student(run: str | Path, out: str | Path, which: str = "best") -> Path:
     """Write the student weights of ``run`` to ``out`` (safetensors) and return its path.
 
@@ -47,8 +59,7 @@ def export_student(run: str | Path, out: str | Path, which: str = "best") -> Pat
         "epoch": str(checkpoint.get("epoch", "")),
         "metrics": json.dumps(checkpoint.get("metrics", {})),
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = output_path(out)
     save_file(state, str(out), metadata=metadata)
     return out
 
@@ -108,8 +119,7 @@ def export_onnx(
     model.eval()
     size = tuple(input_size or get_model_info(name).input_size)
     x = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = output_path(out)
     torch.onnx.export(
         model,
         (x,),

@@ -90,6 +90,18 @@ class FitNetLoss(LossTerm):
     def build(self, student_shapes, teacher_shapes) -> None:
         s = student_shapes[self.student_layer]
         t = teacher_shapes[self.teacher_layer]
+        if self.connector_kind == "convreg" and (len(s) != 4 or len(t) != 4):
+            raise ValueError(
+                describe_mismatch(
+                    "fitnet",
+                    self.student_layer,
+                    s,
+                    self.teacher_layer,
+                    t,
+                    "The convreg connector maps (N, C, H, W) feature maps; tap convolutional "
+                    "layers on both sides (token features (B, N, C) have no H and W).",
+                )
+            )
         if self.connector_kind == "convreg":
             try:
                 self.connector = ConvRegressor(tuple(s), tuple(t))

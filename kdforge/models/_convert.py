@@ -12,7 +12,26 @@ from torch import Tensor, nn
 
 from kdforge.errors import CheckpointError
 
-__all__ = ["match_state_dict", "unwrap_checkpoint"]
+__all__ = ["match_state_dict", "read_weights_file", "unwrap_checkpoint"]
+
+
+def read_weights_file(path: str | Path) -> Any:
+    """What a ``.safetensors`` or ``.pth`` file holds; a missing, damaged or foreign file is a
+    :class:`~kdforge.errors.CheckpointError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated, corrupt or not a weights file at all
+        raise CheckpointError(
+            f"{path} cannot be read ({type(err).__name__}: {err}); it is damaged or not a "
+            ".pth/.safetensors weights file"
+        ) from None
 
 
 def unwrap_checkpoint(
@@ -31,7 +50,9 @@ def unwrap_checkpoint(
     """
     state = path_or_state
     if not isinstance(state, dict):
-        state = torch.load(Path(path_or_state), map_location="cpu", weights_only=False)
+        state = read_weights_file(path_or_state)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path_or_state} holds a {type(state).__name__}, not a checkpoint")
     if isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     out = {}

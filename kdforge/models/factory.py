@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from kdforge.errors import CheckpointError
+from kdforge.models._convert import read_weights_file
 from kdforge.models._registry import get_model_info
 
 __all__ = ["create_model", "load_pretrained", "read_state_dict"]
@@ -24,14 +25,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     ``module.`` prefix left by DataParallel/DDP is stripped.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_weights_file(path)
+    if path.suffix != ".safetensors":
         for key in _NESTED_KEYS:
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
