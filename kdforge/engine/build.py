@@ -7,8 +7,6 @@ is checked once, where the object it concerns is made.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import math
 import time
 from collections.abc import Callable
@@ -24,11 +22,12 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, default_co
 from kdforge.cache.format import TeacherCache, fingerprint_sections
 from kdforge.cache.replay import ReplayDataset, replay_collate
 from kdforge.cache.writer import cached_outputs
-from kdforge.config import save_config
+from kdforge.config import check_resume, save_config
 from kdforge.data.mixing import MixupCollate
-from kdforge.data.samplers import RepeatedAugSampler, ShardSampler
+from kdforge.data.samplers import RepeatedAugSampler, ShardSampler, drop_last_needed
 from kdforge.distiller import Distiller
 from kdforge.engine import hooks as H
+from kdforge.engine._specs import kwargs_error, user_hook
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.distributed import DistInfo, init_distributed
 from kdforge.engine.ema import ModelEMA, adjusted_ema_decay
@@ -54,22 +53,6 @@ __all__ = [
 ]
 
 
-def _kwargs_error(where: str, cls: type, spec: dict[str, Any]) -> str | None:
-    """What is wrong with calling ``cls(**spec)``, or None."""
-    params = {
-        name: p
-        for name, p in inspect.signature(cls).parameters.items()
-        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
-    unknown = sorted(set(spec) - set(params))
-    if unknown:
-        return f"{where}: unknown key(s) {unknown}; valid keys: type, {', '.join(params)}"
-    missing = [n for n, p in params.items() if p.default is p.empty and n not in spec]
-    if missing:
-        return f"{where}: missing required key(s) {missing}"
-    return None
-
-
 def build_terms(loss_cfg: dict[str, Any]) -> dict[str, LossTerm]:
     """``{name: {type: key, **kwargs}}`` -> ``{name: TERMS[key](**kwargs)}``, checked."""
     terms = {}
@@ -81,7 +64,7 @@ def build_terms(loss_cfg: dict[str, Any]) -> dict[str, LossTerm]:
                 f"loss.{name}: unknown loss type {kind!r}; valid types: {', '.join(TERMS)} "
                 "(set `type:` when the term's name is not its type)"
             )
-        problem = _kwargs_error(f"loss.{name} ({kind})", TERMS[kind], spec)
+        problem = kwargs_error(f"loss.{name} ({kind})", TERMS[kind], spec)
         if problem:
             raise ConfigError(problem)
         try:
@@ -134,7 +117,7 @@ def build_data(
         sampler=train_sampler,
         num_workers=data_cfg.num_workers,
         pin_memory=pin,
-        drop_last=False,
+        drop_last=drop_last_needed(len(train_sampler), data_cfg.batch_size),  # no batch of 1
         generator=torch.Generator(),
         collate_fn=replay_collate if cache is not None else collate,
     )
@@ -259,26 +242,6 @@ def build_optimizer(
     return Optimizers(optimizer, scheduler, auxiliary, auxiliary_scheduler, epochs, max_steps)
 
 
-def _user_hook(index: int, spec: dict[str, Any]) -> H.HookBase:
-    """``{type: "package.module.Class", **kwargs}`` -> that hook."""
-    spec = dict(spec)
-    where = f"train.hooks[{index}]"
-    path = spec.pop("type", None)
-    if not isinstance(path, str) or "." not in path:
-        raise ConfigError(f"{where}: set type to a hook class path, e.g. mypackage.hooks.MyHook")
-    module_name, _, class_name = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"{where}: cannot import {path!r} ({err})") from err
-    if not (inspect.isclass(cls) and issubclass(cls, H.HookBase)):
-        raise ConfigError(f"{where}: {path} is not a subclass of kdforge.engine.hooks.HookBase")
-    problem = _kwargs_error(f"{where} ({path})", cls, spec)
-    if problem:
-        raise ConfigError(problem)
-    return cls(**spec)
-
-
 def build_hooks(
     cfg: DictConfig,
     task: Task,
@@ -315,7 +278,7 @@ def build_hooks(
 
         hooks.append(H.TeacherCheckHook(evaluate, check, f"teacher {cfg.teacher.name}"))
     hooks.append(H.EvalHook(evaluate, task.metric, train.eval_every, extra_models))
-    hooks += [_user_hook(i, spec) for i, spec in enumerate(train.hooks)]
+    hooks += [user_hook(i, spec) for i, spec in enumerate(train.hooks)]
     hooks += [  # logs before the checkpoint: a resume cuts them back to the checkpoint's step
         H.LoggingHook(train.log_every),
         H.CheckpointHook(meta),
@@ -363,6 +326,7 @@ def build_trainer(
     folder = RunFolder(run_dir, resume=bool(resume), writer=dist.is_main)
     try:
         state = load_checkpoint(run_dir / "last.pt") if resume else None
+        allowed = check_resume(state["config"], cfg) if state is not None else []
         trainer = _build(cfg, dist, folder)
         if state is None:
             if dist.is_main:
@@ -372,6 +336,8 @@ def build_trainer(
     except BaseException:
         folder.close(success=False)
         raise
+    if allowed:
+        trainer.logger.log("resume", trainer.step, changed=allowed)
     trainer.logger.print(f"resumed {run_dir} after epoch {trainer.epoch} (step {trainer.step})")
     return trainer
 

@@ -189,9 +189,9 @@ def test_two_hooks_with_one_state_key_are_refused():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("train.eval_every=0", r"every must be >= 1 \(train.eval_every\)"),
-        ("train.log_every=0", r"every must be >= 1 \(train.log_every\)"),
-        ("schedule.epochs=0", "at least one epoch"),
+        ("train.eval_every=0", r"train.eval_every=0: must be >= 1"),
+        ("train.log_every=0", r"train.log_every=0: must be >= 1"),
+        ("schedule.epochs=0", r"schedule.epochs=0: must be >= 1"),
     ],
 )
 def test_counts_below_one_are_refused_before_training(tiny_overrides, override, message):

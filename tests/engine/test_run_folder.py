@@ -147,3 +147,22 @@ def test_a_checkpoint_of_another_model_is_named(tiny_overrides, tmp_path):
     save_checkpoint(state, run / "last.pt")
     with pytest.raises(CheckpointError, match="does not fit"):
         build_trainer(load_config(run / "config.yaml"), resume=run)
+
+
+def test_resume_refuses_changes_to_the_run_and_logs_the_allowed_ones(tiny_overrides, tmp_path):
+    run = tmp_path / "run"
+    _trainer([*tiny_overrides, *KD, "train.max_steps=6"]).fit()
+    saved = run / "config.yaml"
+    with pytest.raises(ConfigError, match=r"would change the run: optim.lr: 0.05 -> 0.9"):
+        build_trainer(load_config(saved, ["optim.lr=0.9"]), resume=run)
+    edited = saved.read_text().replace("epochs: 2", "epochs: 5")
+    saved.write_text(edited)  # an edited config.yaml is a change too
+    with pytest.raises(ConfigError, match=r"schedule.epochs: 2 -> 5"):
+        build_trainer(load_config(saved), resume=run)
+    saved.write_text(edited.replace("epochs: 5", "epochs: 2"))
+    resumed = build_trainer(
+        load_config(saved, ["train.max_steps=null", "train.log_every=3"]), resume=run
+    )
+    resumed.fit()
+    (record,) = [r for r in _records(run) if r["kind"] == "resume"]
+    assert record["changed"] == ["train.log_every: 1 -> 3", "train.max_steps: 6 -> None"]

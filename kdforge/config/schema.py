@@ -1,22 +1,19 @@
-"""Recipes: one YAML file, merged over typed defaults, overridden with ``--set a.b=c``.
-
-Every key must exist in the schema below (loss terms are checked against their
-constructor's signature when they are built); an unknown key fails with the key's full
-name and the list of valid keys at that level.
-"""
+"""The recipe schema: every key with its type and default (a comment says what it does)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
-
-from kdforge.errors import ConfigError
-
-__all__ = ["Config", "ConfigError", "load_config", "save_config"]
+__all__ = [
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "TeacherConfig",
+    "TrainConfig",
+]
 
 
 @dataclass
@@ -29,6 +26,7 @@ class DataConfig:
     num_workers: int = 4
     mixup_alpha: float = 0.0  # > 0: mixup with Beta(alpha, alpha), soft targets (CAKD: 0.2)
     repeated_aug: int = 1  # > 1: each image this many times per epoch (CAKD: 4)
+    on_bad_sample: str = "error"  # error | skip an unreadable image (kdforge.data.bad_samples)
     options: dict[str, Any] = field(default_factory=dict)  # data-set specific, e.g. image_size
 
 
@@ -79,6 +77,7 @@ class ScheduleConfig:
     warmup_factor: float = 0.001
     warmup_iters: int = 0  # > 0: warm up over this many steps instead (mmdet: 500)
     warmup_mode: str = "linear"  # linear | constant (warmup_factor * lr throughout; mmdet FCOS)
+    warmup_by: str = "step"  # step | epoch: warm-up factor per step, or per epoch (torchvision)
 
 
 @dataclass
@@ -115,49 +114,3 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-
-
-def _valid_keys(full_key: str) -> list[str]:
-    node: Any = Config
-    for part in full_key.split(".")[:-1]:
-        types = {f.name: f.default_factory for f in fields(node)}  # type: ignore[arg-type]
-        factory = types.get(part)
-        if factory is None or not hasattr(factory(), "__dataclass_fields__"):
-            return []
-        node = type(factory())
-    return [f.name for f in fields(node)]
-
-
-def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
-    try:
-        return OmegaConf.merge(base, other)  # type: ignore[return-value]
-    except ConfigKeyError as err:
-        key = getattr(err, "full_key", None) or str(err)
-        valid = _valid_keys(key)
-        hint = f"; valid keys there: {', '.join(valid)}" if valid else ""
-        raise ConfigError(f"{source}: unknown config key {key!r}{hint}") from None
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", "")
-        raise ConfigError(f"{source}: bad value for {key!r}: {err.msg}") from None
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
-    """Load a recipe over the defaults and apply ``key=value`` overrides, in that order."""
-    cfg = OmegaConf.structured(Config)
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        cfg = _merge(cfg, OmegaConf.load(path), str(path))
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.1)")
-        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"--set {item}")
-    if cfg.student.name is None:
-        raise ConfigError("student.name is not set; pick one of kdforge.list_models()")
-    return cfg
-
-
-def save_config(cfg: DictConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (what the run actually used)."""
-    Path(path).write_text(OmegaConf.to_yaml(cfg, resolve=True))
