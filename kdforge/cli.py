@@ -26,6 +26,7 @@ COMMANDS = {
     "demo": "kdforge.commands.demo",
     "bench": "kdforge.commands.bench",
     "cache-teacher": "kdforge.commands.cache_teacher",
+    "check-data": "kdforge.commands.check_data",
 }
 
 EXAMPLES = """examples:

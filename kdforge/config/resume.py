@@ -22,6 +22,7 @@ __all__ = ["RESUME_SAFE_KEYS", "check_resume", "run_defining_changes"]
 RESUME_SAFE_KEYS = frozenset(
     {
         "data.root",
+        "data.on_bad_sample",
         "data.num_workers",
         "data.eval_batch_size",
         "train.device",

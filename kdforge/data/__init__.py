@@ -2,9 +2,17 @@
 
 ``build_datasets(name, root, **options)`` gives classification ``(train, val)`` data sets;
 ``build_coco_datasets`` and ``build_segmentation_datasets`` those of detection and
-segmentation.
+segmentation. Files are decoded by :mod:`.decode`; what a data set does with one it cannot
+use is its ``on_bad_sample`` (:mod:`.bad_samples`); :mod:`.check` checks a whole data set.
 """
 
+from kdforge.data.bad_samples import (
+    ON_BAD_SAMPLE,
+    DataProblems,
+    DataWarning,
+    SampleError,
+    skipped_samples,
+)
 from kdforge.data.build import (
     DATASETS,
     build_coco_datasets,
@@ -12,9 +20,11 @@ from kdforge.data.build import (
     build_segmentation_datasets,
 )
 from kdforge.data.cifar import CIFAR, write_fake_cifar
+from kdforge.data.decode import decode_image, decode_mask
 from kdforge.data.digits import Digits
 from kdforge.data.imagefolder import IMAGE_EXTENSIONS, ImageFolder
 from kdforge.data.reduction import ReducedDataset, reduce_indices
+from kdforge.data.samplers import drop_last_needed, last_batch_size
 from kdforge.data.transforms import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -43,8 +53,11 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
+    "ON_BAD_SAMPLE",
     "CenterCrop",
     "Compose",
+    "DataProblems",
+    "DataWarning",
     "Digits",
     "ImageFolder",
     "Normalize",
@@ -54,10 +67,16 @@ __all__ = [
     "RandomTransform",
     "ReducedDataset",
     "Resize",
+    "SampleError",
     "ToTensor",
     "build_coco_datasets",
     "build_datasets",
     "build_segmentation_datasets",
+    "decode_image",
+    "decode_mask",
+    "drop_last_needed",
+    "last_batch_size",
     "reduce_indices",
+    "skipped_samples",
     "write_fake_cifar",
 ]

@@ -11,6 +11,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from kdforge.data import presets
+from kdforge.data.bad_samples import check_policy
 from kdforge.data.cifar import CIFAR
 from kdforge.data.cityscapes import Cityscapes, SegmentationFolder
 from kdforge.data.coco import CocoDetection
@@ -56,11 +57,22 @@ def _imagefolder(
     auto_augment: str | None = None,
     random_erase: float = 0.0,
     val_resize: int | None = None,
+    on_bad_sample: str = "error",
 ) -> Pair:
     path = _need_root("imagefolder", root)
+    if path.is_dir() and not (path / "train").is_dir():
+        inside = sorted(d.name for d in path.iterdir() if d.is_dir())[:5]
+        raise DataError(
+            f"data.root {str(path)!r} has no train/ folder (it holds {inside or 'no folders'}): "
+            "for imagefolder, data.root holds train/ and val/, each with one sub-folder per "
+            "class"
+        )
     train_tf = presets.imagenet_train(image_size, auto_augment, random_erase)
     val_tf = presets.imagenet_eval(image_size, val_resize)
-    train, val = ImageFolder(path / "train", train_tf), ImageFolder(path / "val", val_tf)
+    train, val = (
+        ImageFolder(path / split, tf, on_bad_sample=on_bad_sample)
+        for split, tf in (("train", train_tf), ("val", val_tf))
+    )
     if train.classes != val.classes:
         only = sorted(set(train.classes) ^ set(val.classes))
         raise DataError(
@@ -99,7 +111,8 @@ def build_datasets(name: str, root: str | Path | None = None, **options: Any) ->
             (``"ta_wide"``), ``random_erase`` (probability), ``val_resize``; ``size``,
             ``test_fraction``, ``seed`` (digits); ``reserved_classes``, ``reserved_rate``
             (cifar100: train on the first rate·500 images of the first n classes, see
-            ``ReducedDataset``).
+            ``ReducedDataset``); ``on_bad_sample`` (``"error"`` or ``"skip"``; data sets
+            read from memory, CIFAR and digits, have no bad samples and ignore it).
 
     Returns:
         ``(train, val)``; both have ``classes`` and ``num_classes``.
@@ -108,6 +121,9 @@ def build_datasets(name: str, root: str | Path | None = None, **options: Any) ->
         raise ConfigError(f"unknown data set {name!r}; valid names: {', '.join(DATASETS)}")
     builder = DATASETS[name]
     allowed = [p for p in inspect.signature(builder).parameters if p != "root"]
+    policy = check_policy(options.pop("on_bad_sample", "error"))
+    if "on_bad_sample" in allowed:
+        options["on_bad_sample"] = policy
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ConfigError(
@@ -124,12 +140,14 @@ def build_coco_datasets(
     train_scales: Sequence[Scale] | None = None,
     multiscale_mode: str = "range",
     normalize: str = "pytorch",
+    on_bad_sample: str = "error",
 ) -> tuple[CocoDetection, CocoDetection]:
     """``(train, val)`` from ``root/annotations/instances_<split>.json`` and ``root/<split>/``.
 
     Training drops images without annotations or under 32 px; see
     :func:`~kdforge.data.presets.detection_train` for ``scale``, ``train_scales``,
-    ``multiscale_mode`` and ``normalize``. Batch the items with ``collate_detection``.
+    ``multiscale_mode`` and ``normalize``, and :mod:`kdforge.data.bad_samples` for
+    ``on_bad_sample``. Batch the items with ``collate_detection``.
     """
     root = Path(root).expanduser()
     ann = root / "annotations"
@@ -139,9 +157,11 @@ def build_coco_datasets(
         presets.detection_train(scale, train_scales, multiscale_mode, normalize),
         filter_empty_gt=True,
         min_size=32,
+        on_bad_sample=on_bad_sample,
     )
     val_tf = presets.detection_eval(scale, normalize)
-    return train, CocoDetection(root / val_split, ann / f"instances_{val_split}.json", val_tf)
+    val_ann = ann / f"instances_{val_split}.json"
+    return train, CocoDetection(root / val_split, val_ann, val_tf, on_bad_sample=on_bad_sample)
 
 
 def build_segmentation_datasets(
@@ -151,6 +171,7 @@ def build_segmentation_datasets(
     image_dir: str = "images/{split}",
     mask_dir: str = "masks/{split}",
     splits: tuple[str, str] = ("train", "val"),
+    on_bad_sample: str = "error",
     **pipeline: Any,
 ) -> tuple[SegmentationFolder, SegmentationFolder]:
     """``(train, val)`` data sets with mmsegmentation's pipelines.
@@ -165,22 +186,34 @@ def build_segmentation_datasets(
         image_dir: image folder below ``root`` (``"folder"`` layout).
         mask_dir: mask folder below ``root`` (``"folder"`` layout).
         splits: the training and validation split names.
+        on_bad_sample: ``"error"`` or ``"skip"`` unusable pairs (:mod:`~kdforge.data.bad_samples`).
         **pipeline: :func:`~kdforge.data.presets.segmentation_train` options
             (``crop_size``, ``scale``, ``ratio_range``, ``cat_max_ratio``, ``flip_prob``,
             ``photometric``, ``ignore_index``).
     """
     train_tf, val_tf = presets.segmentation_train(**pipeline), presets.segmentation_eval()
     root = Path(root).expanduser()
+    checks = {"ignore_index": pipeline.get("ignore_index", 255), "on_bad_sample": on_bad_sample}
     if layout == "cityscapes":
-        return Cityscapes(root, splits[0], train_tf), Cityscapes(root, splits[1], val_tf)
+        return (
+            Cityscapes(root, splits[0], train_tf, **checks),
+            Cityscapes(root, splits[1], val_tf, **checks),
+        )
     if layout != "folder":
         raise ConfigError(f"layout must be 'cityscapes' or 'folder', got {layout!r}")
     if classes is None:
-        raise ConfigError("the 'folder' layout needs classes (names, or their number)")
+        raise ConfigError(
+            "the 'folder' layout (data.name=segfolder) needs classes: set "
+            "data.options.classes to the class names, or their number"
+        )
     names = [f"class_{i}" for i in range(classes)] if isinstance(classes, int) else classes
     train, val = (
         SegmentationFolder(
-            root / image_dir.format(split=split), root / mask_dir.format(split=split), tf, names
+            root / image_dir.format(split=split),
+            root / mask_dir.format(split=split),
+            tf,
+            names,
+            **checks,
         )
         for split, tf in zip(splits, (train_tf, val_tf), strict=True)
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,14 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from kdforge.data.bad_samples import DataProblems, SampleError, SkipsBadSamples
+from kdforge.data.decode import (
+    MASK_MODES,
+    decode_image,
+    decode_mask,
+    mask_mode_problem,
+    read_header,
+)
 from kdforge.data.imagefolder import IMAGE_EXTENSIONS
 from kdforge.errors import DataError
 
@@ -87,6 +96,16 @@ def make_train_ids(root: str | Path, overwrite: bool = False) -> int:
     return written
 
 
+def _size_problem(
+    image: Path, size: tuple[int, int], mask: Path, mask_size: tuple[int, int]
+) -> str:
+    return (
+        f"image {str(image)!r} is {size[0]}x{size[1]} but mask {str(mask)!r} is "
+        f"{mask_size[0]}x{mask_size[1]} (width x height); a mask must cover its image pixel "
+        "for pixel"
+    )
+
+
 def _find(folder: Path, suffixes: Sequence[str]) -> list[tuple[Path, str]]:
     """``(path, stem)`` of files under ``folder`` ending with one of ``suffixes`` (any case)."""
     found = []
@@ -99,11 +118,16 @@ def _find(folder: Path, suffixes: Sequence[str]) -> list[tuple[Path, str]]:
     return found
 
 
-class SegmentationFolder(Dataset):
+class SegmentationFolder(SkipsBadSamples, Dataset):
     """Images and label masks in two parallel folder trees, paired by relative path and stem.
 
     ``<image_dir>/<rel>/<stem><image suffix>`` goes with ``<mask_dir>/<rel>/<stem><mask_suffix>``.
-    Masks hold class indices ``0..K-1`` and ``ignore_index`` (255) as 8-bit PNGs.
+    Masks hold class indices ``0..K-1`` and ``ignore_index`` (255), 8-bit (grey or palette)
+    or 16-bit grey (ids kept, see :func:`~kdforge.data.decode.decode_mask`).
+
+    At construction the file headers are read (not the pixels): a file that is no image, a
+    colour mask or an image and mask of different sizes is reported then, every such pair
+    at once. Decoding checks the rest (truncated files, ids that are not classes).
 
     Args:
         image_dir: the image tree.
@@ -113,9 +137,13 @@ class SegmentationFolder(Dataset):
         classes: class names (index order); ``num_classes`` is their number.
         image_suffixes: file endings counted as images (case-insensitive).
         mask_suffix: the mask file ending.
+        ignore_index: the mask value of unlabelled pixels.
+        on_bad_sample: ``"error"`` or ``"skip"`` an unusable pair (see
+            :mod:`kdforge.data.bad_samples`).
 
     Raises:
-        DataError: a folder is missing, holds no images, or an image has no mask.
+        DataError: a folder is missing, holds no images, an image has no mask, or (under
+            ``on_bad_sample="error"``) a pair's headers show it cannot be used.
     """
 
     def __init__(
@@ -126,9 +154,12 @@ class SegmentationFolder(Dataset):
         classes: Sequence[str] = CITYSCAPES_CLASSES,
         image_suffixes: Sequence[str] = IMAGE_EXTENSIONS,
         mask_suffix: str = ".png",
+        ignore_index: int = 255,
+        on_bad_sample: str = "error",
     ) -> None:
         self.image_dir, self.mask_dir = Path(image_dir).expanduser(), Path(mask_dir).expanduser()
         self.transform, self.classes = transform, tuple(classes)
+        self.ignore_index = ignore_index
         for folder in (self.image_dir, self.mask_dir):
             if not folder.is_dir():
                 raise DataError(f"{self._what()}: folder {str(folder)!r} does not exist")
@@ -146,6 +177,36 @@ class SegmentationFolder(Dataset):
             (self.samples if mask.is_file() else lost).append((path, mask))
         if lost:
             raise DataError(self._missing_masks(lost))
+        self._init_policy(on_bad_sample)
+        self._check_headers()
+
+    def _header_problem(self, index: int) -> str | None:
+        image_path, mask_path = self.samples[index]
+        try:
+            size, _ = read_header(image_path, "image")
+            mask_size, mode = read_header(mask_path, "mask")
+        except SampleError as err:
+            return str(err)
+        if mode not in MASK_MODES:
+            return mask_mode_problem(mask_path, mode)
+        return None if size == mask_size else _size_problem(image_path, size, mask_path, mask_size)
+
+    def _check_headers(self) -> None:
+        """Every pair's sizes and mask mode from the file headers (threads: I/O bound)."""
+        with ThreadPoolExecutor(max_workers=min(8, len(self))) as pool:
+            found = pool.map(self._header_problem, range(len(self)))
+            bad = {i: problem for i, problem in enumerate(found) if problem}
+        if not bad:
+            return
+        if self.on_bad_sample == "skip":
+            self._skip_at_start(bad, self._what())
+            return
+        raise DataProblems(
+            f"{self._what()}: {len(bad)} of {len(self)} image/mask pairs cannot be used:",
+            list(bad.values()),
+            "Fix or remove them, or skip them with on_bad_sample='skip' (--set "
+            "data.on_bad_sample=skip); `kdforge check-data RECIPE` also decodes every pair.",
+        )
 
     def _what(self) -> str:
         return type(self).__name__
@@ -165,26 +226,23 @@ class SegmentationFolder(Dataset):
         return len(self.samples)
 
     def load(self, index: int) -> tuple[Image.Image, Image.Image]:
-        """Decode pair ``index`` as (RGB image, mask); a size mismatch raises naming the files."""
+        """Decode pair ``index`` as (RGB image, mask of class ids); an unreadable file, a
+        size mismatch or an id outside the classes raises a SampleError naming the file."""
         image_path, mask_path = self.samples[index]
-        try:
-            with Image.open(image_path) as img, Image.open(mask_path) as msk:
-                image, mask = img.convert("RGB"), msk.copy()
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise DataError(f"cannot decode {str(image_path)!r} or its mask: {exc}") from exc
-        if mask.mode not in ("L", "P"):
-            raise DataError(
-                f"mask {str(mask_path)!r} has mode {mask.mode}; need single-channel 8-bit labels"
-            )
+        image = decode_image(image_path)
+        mask = decode_mask(mask_path, self.num_classes, self.ignore_index)
         if image.size != mask.size:
-            raise DataError(
-                f"image {str(image_path)!r} is {image.size} but mask {str(mask_path)!r} is "
-                f"{mask.size} (width, height)"
+            raise SampleError(
+                _size_problem(image_path, image.size, mask_path, mask.size), image_path
             )
         return image, mask
 
+    def sample_file(self, index: int) -> Path:
+        """The image file of sample ``index``."""
+        return self.samples[index][0]
+
     def __getitem__(self, index: int) -> tuple[Any, Any]:
-        image, mask = self.load(index)
+        _, (image, mask) = self._load_usable(index)  # under "skip", maybe another pair
         if self.transform is not None:
             return self.transform(image, mask)
         tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # (3, H, W) uint8
@@ -210,6 +268,8 @@ class Cityscapes(SegmentationFolder):
         root: str | Path,
         split: str = "train",
         transform: Callable[[Image.Image, Image.Image], Any] | None = None,
+        ignore_index: int = 255,
+        on_bad_sample: str = "error",
     ) -> None:
         self.root, self.split = Path(root).expanduser(), split
         images, masks = self.root / "leftImg8bit" / split, self.root / "gtFine" / split
@@ -218,7 +278,16 @@ class Cityscapes(SegmentationFolder):
                 f"Cityscapes {split!r}: {str(images)!r} or {str(masks)!r} does not exist. "
                 f"Expected:\n{_LAYOUT}"
             )
-        super().__init__(images, masks, transform, CITYSCAPES_CLASSES, (_IMG_SUFFIX,), _TRAIN_IDS)
+        super().__init__(
+            images,
+            masks,
+            transform,
+            CITYSCAPES_CLASSES,
+            (_IMG_SUFFIX,),
+            _TRAIN_IDS,
+            ignore_index=ignore_index,
+            on_bad_sample=on_bad_sample,
+        )
 
     def _what(self) -> str:
         return f"Cityscapes {self.split!r}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from kdforge.data.bad_samples import DataProblems, DataWarning, SampleError, SkipsBadSamples
+from kdforge.data.decode import decode_image
 from kdforge.data.transforms import ToTensor
 from kdforge.errors import DataError
 
@@ -39,26 +42,105 @@ COCO_LAYOUT = """  <root>/
 Target = dict[str, Any]
 
 
+def _where(path: Path, where: str, problem: str) -> str:
+    return f"{str(path)!r}: {where}: {problem}"
+
+
 def _fail(path: Path, where: str, problem: str) -> DataError:
-    return DataError(f"{str(path)!r}: {where}: {problem}. Expected COCO format:\n{COCO_LAYOUT}")
+    return DataError(f"{_where(path, where, problem)}. Expected COCO format:\n{COCO_LAYOUT}")
 
 
-def _int_field(path: Path, where: str, entry: Any, key: str) -> int:
-    if not isinstance(entry, dict):
-        raise _fail(path, where, f"expected an object, got {type(entry).__name__}")
+def _int_field(entry: dict[str, Any], key: str) -> str | None:
+    """What is wrong with ``entry[key]`` as an integer, or None."""
     value = entry.get(key)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(path, where, f"{key!r} must be an integer, got {value!r}")
-    return value
+        return f"{key!r} must be an integer, got {value!r}"
+    return None
+
+
+def _entries(data: dict[str, Any], key: str, problems: list[str], path: Path) -> list[dict]:
+    """The object entries of ``data[key]``; any other entry is a problem."""
+    good = []
+    for i, entry in enumerate(data[key]):
+        if isinstance(entry, dict):
+            good.append(entry)
+        else:
+            problems.append(
+                _where(path, f"{key}[{i}]", f"expected an object, got {type(entry).__name__}")
+            )
+    return good
+
+
+def _check_categories(data: dict[str, Any], path: Path, problems: list[str]) -> set[int]:
+    cat_ids: set[int] = set()
+    for i, cat in enumerate(_entries(data, "categories", problems, path)):
+        problem = _int_field(cat, "id")
+        if problem is None and cat["id"] in cat_ids:
+            problem = f"duplicate category id {cat['id']}"
+        if problem:
+            problems.append(_where(path, f"categories[{i}]", problem))
+        else:
+            cat_ids.add(cat["id"])
+    if not data["categories"]:
+        problems.append(_where(path, "categories", "the list is empty: no classes to learn"))
+    return cat_ids
+
+
+def _check_images(data: dict[str, Any], path: Path, problems: list[str]) -> set[int]:
+    image_ids: set[int] = set()
+    for i, img in enumerate(_entries(data, "images", problems, path)):
+        problem = _int_field(img, "id")
+        if problem:
+            problems.append(_where(path, f"images[{i}]", problem))
+            continue
+        where = f"images[{i}] (id {img['id']})"
+        found = [p for p in (_int_field(img, "width"), _int_field(img, "height")) if p]
+        if img["id"] in image_ids:
+            found.append("duplicate image id")
+        if not isinstance(img.get("file_name"), str):
+            found.append(f"'file_name' must be a string, got {img.get('file_name')!r}")
+        if not found and min(img["width"], img["height"]) < 1:
+            found.append("'width' and 'height' must be positive")
+        problems.extend(_where(path, where, p) for p in found)
+        image_ids.add(img["id"])
+    return image_ids
+
+
+def _check_annotations(
+    data: dict[str, Any], path: Path, problems: list[str], image_ids: set[int], cat_ids: set[int]
+) -> None:
+    for i, ann in enumerate(_entries(data, "annotations", problems, path)):
+        where = f"annotations[{i}] (id {ann.get('id', '?')})"
+        found = [p for p in (_int_field(ann, "image_id"), _int_field(ann, "category_id")) if p]
+        if not found and ann["image_id"] not in image_ids:
+            found.append(f"image_id {ann['image_id']} is not among the images")
+        if not found and ann["category_id"] not in cat_ids:
+            found.append(
+                f"category_id {ann['category_id']} is not among the categories {sorted(cat_ids)}"
+            )
+        box = ann.get("bbox")
+        if not (
+            isinstance(box, list)
+            and len(box) == 4
+            and all(isinstance(v, int | float) and math.isfinite(v) for v in box)
+        ):
+            found.append(f"'bbox' must be 4 finite numbers [x, y, w, h], got {box!r}")
+        else:
+            ann.setdefault("area", box[2] * box[3])
+        ann.setdefault("iscrowd", 0)
+        if "area" in ann and not isinstance(ann["area"], int | float):
+            found.append(f"'area' must be a number, got {ann['area']!r}")
+        problems.extend(_where(path, where, p) for p in found)
 
 
 def read_coco_json(path: str | Path) -> dict[str, Any]:
     """Load and check a COCO instances file; fills a missing ``area`` (w*h) and ``iscrowd`` (0).
 
     Raises:
-        DataError: ``path`` does not exist, or holds invalid JSON, a missing top-level key or
-            a malformed, duplicate or dangling entry; the message names the file and the
-            entry (``annotations[3] (id 17)``).
+        DataError: ``path`` does not exist or holds invalid JSON or a missing top-level key;
+            :class:`~kdforge.data.bad_samples.DataProblems` (a DataError) lists every
+            malformed, duplicate or dangling entry, each naming the file and the entry
+            (``annotations[3] (id 17)``).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -72,51 +154,26 @@ def read_coco_json(path: str | Path) -> dict[str, Any]:
     bad = [k for k in keys if not isinstance(data, dict) or not isinstance(data.get(k), list)]
     if bad:
         raise _fail(path, "top level", f"key(s) {bad} missing or not lists")
-    cat_ids: set[int] = set()
-    for i, cat in enumerate(data["categories"]):
-        cat_id = _int_field(path, f"categories[{i}]", cat, "id")
-        if cat_id in cat_ids:
-            raise _fail(path, f"categories[{i}]", f"duplicate category id {cat_id}")
-        cat_ids.add(cat_id)
-    image_ids: set[int] = set()
-    for i, img in enumerate(data["images"]):
-        where = f"images[{i}]"
-        image_id = _int_field(path, where, img, "id")
-        where = f"images[{i}] (id {image_id})"
-        if image_id in image_ids:
-            raise _fail(path, where, "duplicate image id")
-        if not isinstance(img.get("file_name"), str):
-            raise _fail(path, where, f"'file_name' must be a string, got {img.get('file_name')!r}")
-        if min(_int_field(path, where, img, "width"), _int_field(path, where, img, "height")) < 1:
-            raise _fail(path, where, "'width' and 'height' must be positive")
-        image_ids.add(image_id)
-    for i, ann in enumerate(data["annotations"]):
-        where = f"annotations[{i}] (id {ann.get('id') if isinstance(ann, dict) else '?'})"
-        if _int_field(path, where, ann, "image_id") not in image_ids:
-            raise _fail(path, where, f"image_id {ann['image_id']} is not among the images")
-        if _int_field(path, where, ann, "category_id") not in cat_ids:
-            raise _fail(
-                path,
-                where,
-                f"category_id {ann['category_id']} is not among the categories {sorted(cat_ids)}",
-            )
-        box = ann.get("bbox")
-        if not (
-            isinstance(box, list)
-            and len(box) == 4
-            and all(isinstance(v, int | float) and math.isfinite(v) for v in box)
-        ):
-            raise _fail(path, where, f"'bbox' must be 4 finite numbers [x, y, w, h], got {box!r}")
-        ann.setdefault("area", box[2] * box[3])
-        ann.setdefault("iscrowd", 0)
-        if not isinstance(ann["area"], int | float):
-            raise _fail(path, where, f"'area' must be a number, got {ann['area']!r}")
+    problems: list[str] = []
+    cat_ids = _check_categories(data, path, problems)
+    image_ids = _check_images(data, path, problems)
+    _check_annotations(data, path, problems, image_ids, cat_ids)
+    if problems:
+        raise DataProblems(
+            f"{str(path)!r}: {len(problems)} problem(s):",
+            problems,
+            f"Expected COCO format:\n{COCO_LAYOUT}",
+        )
     return data
 
 
-def _parse_boxes(anns: list[dict], width: int, height: int, cat2label: dict[int, int]) -> Target:
-    """mmdetection's ``_parse_ann_info``: xyxy boxes, labels and crowd (ignored) boxes."""
+def _parse_boxes(
+    anns: list[dict], width: int, height: int, cat2label: dict[int, int]
+) -> tuple[Target, int]:
+    """mmdetection's ``_parse_ann_info``: xyxy boxes, labels and crowd (ignored) boxes, and
+    the number of boxes dropped as invalid (outside the image, ``area <= 0``, ``w, h < 1``)."""
     boxes, labels, ignore = [], [], []
+    dropped = 0
     for ann in anns:
         if ann.get("ignore", False):
             continue
@@ -124,20 +181,22 @@ def _parse_boxes(anns: list[dict], width: int, height: int, cat2label: dict[int,
         inter_w = max(0, min(x + w, width) - max(x, 0))
         inter_h = max(0, min(y + h, height) - max(y, 0))
         if inter_w * inter_h == 0 or ann["area"] <= 0 or w < 1 or h < 1:
+            dropped += 1
             continue
         if ann["iscrowd"]:
             ignore.append([x, y, x + w, y + h])
         else:
             boxes.append([x, y, x + w, y + h])
             labels.append(cat2label[ann["category_id"]])
-    return {
+    target = {
         "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
         "labels": np.asarray(labels, dtype=np.int64),
         "ignore_boxes": np.asarray(ignore, dtype=np.float32).reshape(-1, 4),
     }
+    return target, dropped
 
 
-class CocoDetection(Dataset):
+class CocoDetection(SkipsBadSamples, Dataset):
     """A COCO-format detection data set; items are ``(image, target)``.
 
     ``target`` holds ``boxes`` (``(M, 4)`` float xyxy pixels), ``labels`` (``(M,)`` long,
@@ -152,10 +211,18 @@ class CocoDetection(Dataset):
             ``kdforge.data.presets``. Without one the image is ``ToTensor()``'s CHW in [0, 1].
         filter_empty_gt: Drop images without annotations (mmdetection does so for training).
         min_size: Drop images whose shorter side is below this (mmdetection trains with 32).
+        on_bad_sample: ``"error"`` or ``"skip"`` a missing, unreadable or wrongly sized image
+            (see :mod:`kdforge.data.bad_samples`).
 
     Attributes:
         cat_ids: Sorted COCO category ids; ``label2cat[label]`` is ``cat_ids[label]``.
         classes: Category names in label order.
+        dropped_boxes: Boxes dropped as invalid (one warning at construction says how many).
+        notes: Remarks on the data that are no error (for ``kdforge check-data``).
+
+    Raises:
+        DataError: the file is malformed (every problem listed), holds no annotations, or no
+            image is left; a listed image file is missing (under ``on_bad_sample="error"``).
     """
 
     def __init__(
@@ -165,6 +232,7 @@ class CocoDetection(Dataset):
         transform: Callable[[Image.Image, Target], tuple[Any, Target]] | None = None,
         filter_empty_gt: bool = False,
         min_size: int = 0,
+        on_bad_sample: str = "error",
     ) -> None:
         self.root = Path(root).expanduser()
         self.ann_file = Path(ann_file).expanduser()
@@ -188,29 +256,66 @@ class CocoDetection(Dataset):
             if (by_image[img["id"]] or not filter_empty_gt)
             and min(img["width"], img["height"]) >= min_size
         ]
+        self._check_not_empty(data, filter_empty_gt, min_size)
+        self._init_policy(on_bad_sample)
         self._check_files()
-        self._targets = [
+        parsed = [
             _parse_boxes(by_image[img["id"]], img["width"], img["height"], self.cat2label)
             for img in self.images
         ]
+        self._targets = [target for target, _ in parsed]
+        self.dropped_boxes = sum(dropped for _, dropped in parsed)
+        self.notes: list[str] = []
+        if self.dropped_boxes:
+            kept = sum(len(t["boxes"]) + len(t["ignore_boxes"]) for t in self._targets)
+            self.notes.append(
+                f"{str(self.ann_file)!r}: dropped {self.dropped_boxes} of "
+                f"{self.dropped_boxes + kept} boxes of these images as invalid (outside the "
+                "image, area <= 0, or width or height < 1 pixel), as mmdetection does"
+            )
+            warnings.warn(self.notes[-1], DataWarning, stacklevel=2)
         self._to_tensor = ToTensor()
+
+    def _check_not_empty(self, data: dict[str, Any], filter_empty_gt: bool, min_size: int) -> None:
+        """A clear DataError for a file or a filtered data set with nothing in it."""
+        where = f"{str(self.ann_file)!r}"
+        if not data["images"]:
+            raise DataError(f"{where}: 'images' is empty: there is nothing to load")
+        if not data["annotations"]:
+            raise DataError(
+                f"{where}: 'annotations' is empty: there are no boxes to train or evaluate "
+                "on (an image-info file such as image_info_test2017.json has no labels)"
+            )
+        if not self.images:
+            annotated = {ann["image_id"] for ann in data["annotations"]}
+            small = sum(min(img["width"], img["height"]) < min_size for img in data["images"])
+            raise DataError(
+                f"{where}: no image is left of {len(data['images'])}: "
+                f"{len(data['images']) - len(annotated)} have no annotation"
+                f"{' (dropped for training)' if filter_empty_gt else ''} and {small} are under "
+                f"{min_size} pixels on their shorter side"
+            )
 
     def _check_files(self) -> None:
         present = set(os.listdir(self.root))
-        missing = [
-            (i, img)
+        missing = {
+            i: f"image id {img['id']} {img['file_name']!r}"
             for i, img in enumerate(self.images)
             if img["file_name"] not in present and not (self.root / img["file_name"]).is_file()
-        ]
-        if missing:
-            shown = ", ".join(
-                f"image id {img['id']} {img['file_name']!r}" for _, img in missing[:5]
-            )
-            raise DataError(
-                f"{len(missing)} of {len(self.images)} images listed in {str(self.ann_file)!r} are "
-                f"missing from {str(self.root)!r}: {shown}{' ...' if len(missing) > 5 else ''}. "
-                f"Expected:\n{COCO_LAYOUT}"
-            )
+        }
+        if not missing:
+            return
+        what = f"{len(missing)} of {len(self.images)} images listed in {str(self.ann_file)!r}"
+        if self.on_bad_sample == "skip":
+            where = f"{str(self.ann_file)!r}: images missing from {str(self.root)!r}"
+            self._skip_at_start(missing, where)
+            return
+        raise DataProblems(
+            f"{what} are missing from {str(self.root)!r}:",
+            list(missing.values()),
+            f"Skip them with on_bad_sample='skip' (--set data.on_bad_sample=skip). "
+            f"Expected:\n{COCO_LAYOUT}",
+        )
 
     @property
     def num_classes(self) -> int:
@@ -218,26 +323,29 @@ class CocoDetection(Dataset):
         return len(self.cat_ids)
 
     def load(self, index: int) -> Image.Image:
-        """Decode image ``index`` as RGB; a bad file or a size unlike the JSON's raises."""
+        """Decode image ``index`` as RGB; a bad file or a size unlike the JSON's raises
+        :class:`~kdforge.data.bad_samples.SampleError` naming the file."""
         info = self.images[index]
         path = self.root / info["file_name"]
-        try:
-            with Image.open(path) as img:
-                rgb = img.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise DataError(f"cannot decode image {str(path)!r}: {exc}") from exc
+        rgb = decode_image(path)
         if rgb.size != (info["width"], info["height"]):
-            raise DataError(
+            raise SampleError(
                 f"image {str(path)!r} is {rgb.width}x{rgb.height} but {str(self.ann_file)!r} "
-                f"says {info['width']}x{info['height']} (image id {info['id']})"
+                f"says {info['width']}x{info['height']} (image id {info['id']}); fix the "
+                "entry's width and height, or the image",
+                path,
             )
         return rgb
+
+    def sample_file(self, index: int) -> Path:
+        """The image file of sample ``index``."""
+        return self.root / self.images[index]["file_name"]
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[Any, Target]:
-        img = self.load(index)
+        index, img = self._load_usable(index)  # under "skip", maybe another index
         info, parsed = self.images[index], self._targets[index]
         target: Target = {k: torch.from_numpy(v.copy()) for k, v in parsed.items()}
         size = (info["height"], info["width"])

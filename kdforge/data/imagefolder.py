@@ -10,6 +10,8 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
+from kdforge.data.bad_samples import SkipsBadSamples
+from kdforge.data.decode import decode_image
 from kdforge.data.transforms import ToTensor
 from kdforge.errors import DataError
 
@@ -25,18 +27,21 @@ _LAYOUT = """  <root>/
         └── ..."""
 
 
-class ImageFolder(Dataset):
+class ImageFolder(SkipsBadSamples, Dataset):
     """A classification data set with one sub-folder per class.
 
     Classes are the sorted names of the sub-folders of ``root`` (hidden ones, starting with
     ".", are skipped); images are found recursively inside each class folder and matched by
-    extension, case-insensitively. Images are decoded lazily and converted to RGB.
+    extension, case-insensitively. Images are decoded lazily and converted to 8-bit RGB
+    (:func:`~kdforge.data.decode.decode_image`: 16-bit grey is scaled, not clipped).
 
     Args:
         root: The folder holding the class folders.
         transform: Called on the RGB ``PIL.Image``. Without one, items are ``ToTensor()``
             outputs (CHW float in [0, 1]).
         extensions: File endings counted as images.
+        on_bad_sample: ``"error"`` or ``"skip"`` an unreadable image (see
+            :mod:`kdforge.data.bad_samples`).
 
     Raises:
         DataError: ``root`` is missing, has no class folders, or a class has no images.
@@ -47,6 +52,7 @@ class ImageFolder(Dataset):
         root: str | Path,
         transform: Callable[[Image.Image], Any] | None = None,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        on_bad_sample: str = "error",
     ) -> None:
         self.root = Path(root).expanduser()
         self.transform = transform
@@ -57,8 +63,16 @@ class ImageFolder(Dataset):
             d.name for d in os.scandir(self.root) if d.is_dir() and not d.name.startswith(".")
         )
         if not self.classes:
+            loose = [f for f in os.listdir(self.root) if f.lower().endswith(self.extensions)]
+            found = (
+                f" (it holds {len(loose)} images directly, e.g. {loose[0]!r}: move each into "
+                "the folder of its class)"
+                if loose
+                else ""
+            )
             raise DataError(
-                f"image folder {str(self.root)!r} has no class sub-folders. Expected:\n{_LAYOUT}"
+                f"image folder {str(self.root)!r} has no class sub-folders{found}. "
+                f"Expected:\n{_LAYOUT}"
             )
         self.class_to_idx: dict[str, int] = {c: i for i, c in enumerate(self.classes)}
         self.samples: list[tuple[Path, int]] = []
@@ -76,6 +90,7 @@ class ImageFolder(Dataset):
             )
         self.targets: list[int] = [y for _, y in self.samples]
         self._to_tensor = ToTensor()
+        self._init_policy(on_bad_sample)
 
     def _find_images(self, folder: Path) -> list[Path]:
         found = []
@@ -94,19 +109,18 @@ class ImageFolder(Dataset):
         return len(self.classes)
 
     def load(self, index: int) -> Image.Image:
-        """Decode image ``index`` as RGB; an unreadable file raises ``DataError`` naming it."""
-        path = self.samples[index][0]
-        try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise DataError(f"cannot decode image {str(path)!r}: {exc}") from exc
+        """Decode image ``index`` as RGB; an unreadable file raises ``SampleError`` naming it."""
+        return decode_image(self.samples[index][0])
+
+    def sample_file(self, index: int) -> Path:
+        """The image file of sample ``index``."""
+        return self.samples[index][0]
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        img = self.load(index)
+        index, img = self._load_usable(index)  # under "skip", maybe another index
         out = self.transform(img) if self.transform is not None else self._to_tensor(img)
         return out, self.samples[index][1]
 

@@ -16,7 +16,35 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["RepeatedAugSampler", "ShardSampler"]
+__all__ = ["RepeatedAugSampler", "ShardSampler", "drop_last_needed", "last_batch_size"]
+
+
+def last_batch_size(num_samples: int, batch_size: int, world_size: int = 1) -> int:
+    """Size of the last batch of one process's epoch (``batch_size`` when it is full).
+
+    ``num_samples`` are dealt to ``world_size`` processes as ``DistributedSampler`` deals
+    them (padded to ``ceil(num_samples / world_size)`` each); pass ``len(sampler)`` with
+    ``world_size=1`` for a sampler that is already per process.
+    """
+    if batch_size < 1 or world_size < 1:
+        raise ValueError(f"need batch_size, world_size >= 1, got {batch_size}, {world_size}")
+    per_process = math.ceil(num_samples / world_size)
+    return per_process % batch_size or min(batch_size, per_process)
+
+
+def drop_last_needed(num_samples: int, batch_size: int, world_size: int = 1) -> bool:
+    """True when an epoch would end on a batch of one sample after at least one full batch.
+
+    BatchNorm cannot train on one sample where its statistics cover a single value per
+    channel (PSPNet's 1x1 pyramid pooling: "Expected more than 1 value per channel when
+    training"), and a batch of one is noise anyway; dropping it leaves out one sample per
+    epoch, a different one each shuffled epoch. Use it as the training DataLoader's
+    ``drop_last``.
+    """
+    per_process = math.ceil(num_samples / world_size)
+    if batch_size < 2 or per_process <= batch_size:
+        return False
+    return last_batch_size(per_process, batch_size) == 1
 
 
 class RepeatedAugSampler(Sampler[int]):

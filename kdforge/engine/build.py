@@ -279,6 +279,8 @@ def build_hooks(
         hooks.append(H.TeacherCheckHook(evaluate, check, f"teacher {cfg.teacher.name}"))
     hooks.append(H.EvalHook(evaluate, task.metric, train.eval_every, extra_models))
     hooks += [user_hook(i, spec) for i, spec in enumerate(train.hooks)]
+    if cfg.data.on_bad_sample == "skip":
+        hooks.append(H.SkippedSamplesHook())
     hooks += [  # logs before the checkpoint: a resume cuts them back to the checkpoint's step
         H.LoggingHook(train.log_every),
         H.CheckpointHook(meta),

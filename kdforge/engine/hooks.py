@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from kdforge.data import skipped_samples
 from kdforge.engine.checkpoint import save_checkpoint
 from kdforge.engine.distributed import all_reduce_sum
 from kdforge.engine.ema import ModelEMA
@@ -33,6 +34,7 @@ __all__ = [
     "HookBase",
     "LoggingHook",
     "ProgressHook",
+    "SkippedSamplesHook",
     "StopDistillationHook",
     "TeacherCheckHook",
 ]
@@ -262,6 +264,24 @@ class CheckpointHook(HookBase):
             resume_only = ("optimizer", "scheduler", "scaler", "hooks")
             weights = {k: v for k, v in state.items() if k not in resume_only}
             save_checkpoint(weights, trainer.run_dir / "best.pt")
+
+
+class SkippedSamplesHook(HookBase):
+    """Log and print how many unreadable training samples were replaced this epoch
+    (``data.on_bad_sample=skip``; :func:`kdforge.data.skipped_samples`)."""
+
+    def __init__(self) -> None:
+        self.before = 0
+
+    def before_epoch(self) -> None:
+        self.before = skipped_samples(self.trainer.train_loader.dataset)
+
+    def after_epoch(self) -> None:
+        trainer = self.trainer
+        skipped = skipped_samples(trainer.train_loader.dataset) - self.before
+        if skipped:
+            trainer.logger.log("data", trainer.step, epoch=trainer.epoch, skipped=skipped)
+            trainer.logger.print(f"epoch {trainer.epoch}: {skipped} unreadable sample(s) skipped")
 
 
 class LoggingHook(HookBase):

@@ -85,6 +85,7 @@ def check_segmentor_miou(metrics: dict[str, float], num_classes: int, name: str)
 def _options(data_cfg: DictConfig, tuples: tuple[str, ...]) -> dict[str, Any]:
     """``data.options`` as a dict, the keys in ``tuples`` (YAML lists) as tuples."""
     options: dict[str, Any] = OmegaConf.to_container(data_cfg.options, resolve=True)
+    options["on_bad_sample"] = data_cfg.get("on_bad_sample", "error")  # data/bad_samples.py
     return {k: tuple(v) if k in tuples else v for k, v in options.items()}
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from kdforge.data import build_coco_datasets
+from kdforge.data.bad_samples import DataWarning
 from kdforge.data.coco import CocoDetection
 from kdforge.data.det_transforms import collate_detection
 from kdforge.data.shapes import write_shapes_dataset
@@ -47,7 +48,9 @@ def test_labels_boxes_and_mmdet_filtering(tmp_path: Path) -> None:
         _ann(8, [30, 25, 20, 20], area=400),  # half outside: kept, not clipped
     ]
     root, ann_file = _coco(tmp_path, anns)
-    ds = CocoDetection(root, ann_file)
+    with pytest.warns(DataWarning, match=r"instances\.json': dropped 3 of 7 boxes"):
+        ds = CocoDetection(root, ann_file)
+    assert ds.dropped_boxes == 3 and "dropped 3 of 7 boxes" in ds.notes[0]
     assert ds.cat_ids == [3, 7, 90] and ds.classes == ["a", "b", "c"] and ds.num_classes == 3
     assert ds.label2cat == {0: 3, 1: 7, 2: 90}
     assert len(ds) == 2  # the image without annotations is kept for evaluation
@@ -62,9 +65,11 @@ def test_labels_boxes_and_mmdet_filtering(tmp_path: Path) -> None:
     empty = ds[1][1]
     assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,)
     assert empty["ignore_boxes"].shape == (0, 4)
-    train = CocoDetection(root, ann_file, filter_empty_gt=True)
+    with pytest.warns(DataWarning):
+        train = CocoDetection(root, ann_file, filter_empty_gt=True)
     assert [img["id"] for img in train.images] == [1]
-    assert len(CocoDetection(root, ann_file, min_size=32)) == 0
+    with pytest.raises(DataError, match=r"no image is left of 2: 1 have no annotation and 2 are"):
+        CocoDetection(root, ann_file, min_size=32)
 
 
 def test_shapes_round_trip_and_loader(tmp_path: Path) -> None:
@@ -119,16 +124,16 @@ def test_malformed_files_name_the_file_and_entry(tmp_path: Path) -> None:
 
 
 def test_duplicate_ids_missing_images_and_size_mismatch(tmp_path: Path) -> None:
-    root, ann_file = _coco(tmp_path, [])
+    root, ann_file = _coco(tmp_path, [_ann(1, [1, 2, 3, 4])])
     data = json.loads(ann_file.read_text())
     data["images"][1]["id"] = 1
     ann_file.write_text(json.dumps(data))
     with pytest.raises(DataError, match=r"images\[1\] \(id 1\): duplicate image id"):
         CocoDetection(root, ann_file)
-    root, ann_file = _coco(tmp_path, [])
+    root, ann_file = _coco(tmp_path, [_ann(1, [1, 2, 3, 4])])
     (root / "2.png").unlink()
     with pytest.raises(
-        DataError, match=r"1 of 2 images listed in .*instances\.json.*image id 2 '2\.png'"
+        DataError, match=r"(?s)1 of 2 images listed in .*instances\.json.*image id 2 '2\.png'"
     ):
         CocoDetection(root, ann_file)
     with pytest.raises(DataError, match="image folder"):

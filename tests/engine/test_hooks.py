@@ -197,3 +197,33 @@ def test_two_hooks_with_one_state_key_are_refused():
 def test_counts_below_one_are_refused_before_training(tiny_overrides, override, message):
     with pytest.raises(ConfigError, match=message):
         _trainer([*tiny_overrides, *KD, override])
+
+
+def test_skipped_samples_are_logged_per_epoch(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls, value in (("a", 20), ("b", 200)):
+            (tmp_path / "data" / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (8, 8), (value, i, 0)).save(
+                    tmp_path / "data" / split / cls / f"{i}.png"
+                )
+    (tmp_path / "data" / "train" / "a" / "bad.png").write_text("not an image")
+    overrides = [
+        "data.name=imagefolder",
+        f"data.root={tmp_path / 'data'}",
+        "data.options={image_size: 8}",
+        "data.batch_size=3",
+        "data.num_workers=0",
+        "data.on_bad_sample=skip",
+        "student.name=resnet8",
+        "schedule.epochs=2",
+        f"train.out_dir={tmp_path}",
+        "train.name=run",
+    ]
+    with pytest.warns(UserWarning, match="bad.png"):
+        _trainer(overrides).fit()
+    lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    skips = [r for r in map(json.loads, lines) if r["kind"] == "data"]
+    assert [(r["epoch"], r["skipped"]) for r in skips] == [(1, 1), (2, 1)]
