@@ -33,6 +33,7 @@ EXAMPLES = """examples:
   kdforge train configs/cifar100/kd/resnet32x4_resnet8x4.yaml --set data.root=~/data
   torchrun --nproc_per_node 4 -m kdforge train RECIPE.yaml
   kdforge train --resume runs/resnet32x4_resnet8x4-20261121-101500
+  kdforge check-data RECIPE.yaml --set data.root=~/data
   kdforge eval RECIPE.yaml --checkpoint runs/.../best.pt
   kdforge export runs/... --out student.safetensors
   kdforge export runs/... --out student.onnx --format onnx
