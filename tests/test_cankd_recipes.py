@@ -17,6 +17,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FPN4 = [f"neck.fpn_convs.{i}" for i in range(4)]
 DET_CANKD = {"student_layers": FPN4, "weight": 10.0}
 DAGGER = {**DET_CANKD, "init_from_teacher": ["neck", "bbox_head"]}
+DAGGER_NON_STRICT = {**DAGGER, "init_strict": False}  # FCOS†: conv_bias=True student
 MGD_FPN = {
     "student_layers": [*FPN4, "neck.fpn_convs.4"],
     "weight": 2e-5,
@@ -42,6 +43,14 @@ DETECTION = {
     "cankd_fcos_r101_fcos_r50_fpn_2x.yaml": (
         "fcos_r101_fpn", "fcos_r101_fpn_ms-2x", "fcos_r50_fpn",
         {"cankd": DET_CANKD}, "box AP 42.4",
+    ),
+    "cankd-dagger_fcos_r101_fcos_r50_fpn_2x.yaml": (
+        "fcos_r101_fpn", "fcos_r101_fpn_ms-2x", "fcos_r50_fpn",
+        {"cankd": DAGGER_NON_STRICT}, "box AP 42.4",
+    ),
+    "cankd-dagger_fcos_r101_fcos_r50_fpn_2x_1000det.yaml": (
+        "fcos_r101_fpn", "fcos_r101_fpn_ms-2x", "fcos_r50_fpn",
+        {"cankd": DAGGER_NON_STRICT}, "box AP 42.4",
     ),
     "cankd_gfl_r101_retinanet_r50_fpn_1x.yaml": (
         "gfl_r101_fpn", "gfl_r101_fpn_ms-2x", "retinanet_r50_fpn",

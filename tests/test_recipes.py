@@ -16,11 +16,14 @@ from kdforge.data import write_fake_cifar
 from kdforge.engine.build import build_trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-# CAKD recipes need 224-pixel ViTs and their data options: tests/losses/test_cakd.py runs them;
+# The recipes of the cakd term need its data options: tests/losses/test_cakd.py runs them;
 # COCO detection recipes need COCO-format data: tests/test_detection_recipes.py runs them.
 # Cityscapes segmentation recipes: tests/test_segmentation_recipes.py runs them.
+CAKD_TERM_RECIPES = {"vit_b16_resnet50.yaml", "vit_ti16_resnet18.yaml"}
 RECIPES = sorted(
-    p for p in CONFIGS.rglob("*.yaml") if not {"cakd", "coco", "cityscapes"} & set(p.parts)
+    p
+    for p in CONFIGS.rglob("*.yaml")
+    if not {"coco", "cityscapes"} & set(p.parts) and p.name not in CAKD_TERM_RECIPES
 )
 CIFAR100 = CONFIGS / "cifar100"
 IMAGENET = CONFIGS / "imagenet"
@@ -133,6 +136,25 @@ IMAGENET_EXPECTED = {
     ),
 }
 
+# The CAKD repo's other ImageNet rows (README top-1), each from its own script's settings:
+# recipe -> (teacher, README number, loss terms, epochs, milestones, repeated_aug, EMA decay)
+CAKD_ROWS = {
+    "cakd/resnet50_baseline.yaml": (  # run_baseline.sh + dist_train_student.py
+        None, "top-1 73.82", {"ce": {"weight": 1.0}}, 90, [30, 60], 1, None,
+    ),
+    "cakd/vit_b16_resnet50_logits.yaml": (  # run_logits.sh + dist_train_logits.py
+        "vit_b_16", "top-1 74.48",
+        {
+            "ce": {"weight": 1.0, "label_smoothing": 0.1},
+            "logits": {
+                "type": "fitnet", "student_layer": "", "teacher_layer": "",
+                "connector": "none", "weight": 1.0,
+            },
+        },
+        120, [30, 60, 90], 4, 0.99998,
+    ),
+}  # fmt: skip
+
 
 def _id(path: Path) -> str:
     return str(path.relative_to(CONFIGS).with_suffix(""))
@@ -221,6 +243,30 @@ def test_imagenet_recipe_keeps_official_numbers(name: str):
     assert cfg.schedule.warmup_epochs == 0
 
 
+def test_every_cakd_recipe_is_tested():
+    shipped = {str(p.relative_to(IMAGENET)) for p in IMAGENET.glob("cakd/*.yaml")}
+    assert shipped == set(CAKD_ROWS) | {f"cakd/{n}" for n in CAKD_TERM_RECIPES}
+
+
+@pytest.mark.parametrize("name", sorted(CAKD_ROWS))
+def test_cakd_rows_keep_their_scripts_numbers(name: str):
+    teacher, number, loss, epochs, milestones, repeated_aug, ema = CAKD_ROWS[name]
+    lines = (IMAGENET / name).read_text().splitlines()
+    assert lines[0].startswith("# CAKD README") and number in lines[0] and len(lines) <= 50
+    cfg = load_config(IMAGENET / name)
+    assert cfg.data.name == "imagefolder" and cfg.data.batch_size == 32  # x 8 processes
+    assert OmegaConf.to_container(cfg.data.options) == {"image_size": 224, "val_resize": 224}
+    assert cfg.data.mixup_alpha == 0 and cfg.data.repeated_aug == repeated_aug
+    assert cfg.teacher.name == teacher and cfg.student.name == "resnet50"
+    assert OmegaConf.to_container(cfg.loss) == loss
+    optim, schedule = cfg.optim, cfg.schedule
+    assert (optim.name, optim.lr, optim.momentum, optim.weight_decay) == ("sgd", 0.1, 0.9, 1e-4)
+    assert optim.norm_weight_decay is None and optim.bias_weight_decay is None
+    assert schedule.name == "multistep" and schedule.epochs == epochs and schedule.gamma == 0.1
+    assert list(schedule.milestones) == milestones and schedule.warmup_epochs == 0
+    assert cfg.train.ema_decay == ema and cfg.train.ema_steps == 32
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=_id)
 def test_recipe_trains_two_steps(
     path: Path, cifar100_root: Path, imagefolder_root: Path, tmp_path: Path
@@ -237,7 +283,7 @@ def test_recipe_trains_two_steps(
         f"train.out_dir={tmp_path}",
         "train.name=run",
     ]
-    if on_imagefolder:
+    if on_imagefolder and not str(load_config(path).teacher.name).startswith("vit"):
         overrides.append("data.options.image_size=64")  # ImageNet models on tiny images
     cfg = load_config(path, overrides)
     trainer = build_trainer(cfg, "test")

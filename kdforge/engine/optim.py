@@ -1,4 +1,5 @@
-"""Optimizers and per-step learning-rate schedules (multistep, cosine, warm-up)."""
+"""Optimizers, their parameter groups, and per-step learning-rate schedules (multistep,
+cosine, poly; warm-up by step or by epoch)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 __all__ = ["lr_factor", "make_optimizer", "make_scheduler", "parameter_groups"]
 
+# mmengine's and torchvision's normalisation layers (LocalResponseNorm has no parameters)
 _NORM_LAYERS = (
     nn.modules.batchnorm._BatchNorm,
     nn.LayerNorm,
@@ -27,33 +29,55 @@ def parameter_groups(
     bias_lr_mult: float = 1.0,
     bias_weight_decay: float | None = None,
     exclude: Iterable[int] = (),
+    *,
+    dwconv_weight_decay: float | None = None,
 ) -> list[dict]:
-    """The trainable parameters of ``model`` as optimizer groups.
+    """The trainable parameters of ``model`` as optimizer groups, by mmengine's rules.
 
-    Normalisation-layer parameters get ``norm_weight_decay`` when it is set (torchvision's
-    ``--norm-weight-decay``); the other biases get ``lr * bias_lr_mult`` and, when set,
-    ``bias_weight_decay`` (mmdetection's ``bias_lr_mult`` / ``bias_decay_mult``, e.g. FCOS:
-    2 and 0). Parameters whose ``id`` is in ``exclude`` are left out (they have an
-    optimizer of their own); groups without a setting of their own use the optimizer's.
+    mmengine's ``DefaultOptimWrapperConstructor`` (``paramwise_cfg``), with absolute weight
+    decays instead of multipliers (torchvision's ``--norm-weight-decay`` is the same rule):
+
+    * lr: every ``bias`` gets ``lr * bias_lr_mult``, **except the biases of normalisation
+      layers** (BatchNorm, InstanceNorm, GroupNorm, LayerNorm), which keep ``lr``.
+    * weight decay, the first rule that applies: a normalisation layer's weight and bias
+      get ``norm_weight_decay``; any other ``bias`` (a norm bias too when
+      ``norm_weight_decay`` is None) gets ``bias_weight_decay``; a depthwise convolution's
+      weight (``Conv2d`` with ``groups == in_channels``) gets ``dwconv_weight_decay``.
+
+    A setting left at None (``bias_lr_mult`` at 1) changes nothing. So mmdetection's FCOS
+    (``bias_lr_mult=2, bias_decay_mult=0``, no ``norm_decay_mult``) trains the head's
+    GroupNorm biases at lr x1 without decay and its conv biases at lr x2 without decay.
+    Not modelled: ``custom_keys``, ``flat_decay_mult`` and the DCN offset rules (kdforge has
+    no deformable convolution). Parameters whose ``id`` is in ``exclude`` are left out
+    (they have an optimizer of their own); a parameter shared by several modules joins
+    one group. Groups hold the parameters with equal settings, in order of first
+    appearance; a group's missing ``lr``/``weight_decay`` is the optimizer's.
     """
     skip = set(exclude)
-    groups: dict[str, dict] = {}
+    groups: dict[tuple[float | None, float | None], dict] = {}
     for module in model.modules():
-        is_norm = norm_weight_decay is not None and isinstance(module, _NORM_LAYERS)
+        is_norm = isinstance(module, _NORM_LAYERS)
+        is_dwconv = isinstance(module, nn.Conv2d) and module.in_channels == module.groups
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in skip:
                 continue
-            skip.add(id(p))  # a shared parameter joins one group only
-            if is_norm:
-                key, settings = "norm", {"weight_decay": norm_weight_decay}
-            elif name == "bias" and (bias_lr_mult != 1.0 or bias_weight_decay is not None):
-                settings = {"lr": lr * bias_lr_mult}
-                if bias_weight_decay is not None:
-                    settings["weight_decay"] = bias_weight_decay
-                key = "bias"
-            else:
-                key, settings = "other", {}
-            groups.setdefault(key, {"params": [], **settings})["params"].append(p)
+            skip.add(id(p))
+            is_bias = name == "bias"
+            group_lr = lr * bias_lr_mult if is_bias and not is_norm and bias_lr_mult != 1 else None
+            decay = None
+            if is_norm and norm_weight_decay is not None:
+                decay = norm_weight_decay
+            elif is_bias and bias_weight_decay is not None:
+                decay = bias_weight_decay
+            elif is_dwconv and dwconv_weight_decay is not None:
+                decay = dwconv_weight_decay
+            if (group_lr, decay) not in groups:
+                settings = {"lr": group_lr, "weight_decay": decay}
+                groups[group_lr, decay] = {
+                    "params": [],
+                    **{k: v for k, v in settings.items() if v is not None},
+                }
+            groups[group_lr, decay]["params"].append(p)
     return list(groups.values())
 
 
@@ -90,6 +114,7 @@ def lr_factor(
     warmup_factor: float = 0.001,
     warmup_iters: int = 0,
     warmup_mode: str = "linear",
+    warmup_by: str = "step",
     power: float = 0.9,
     iters: int | None = None,
 ) -> float:
@@ -104,9 +129,17 @@ def lr_factor(
     A linear warm-up from ``warmup_factor`` to the schedule's value covers the first
     ``warmup_epochs`` (fractions allowed), or the first ``warmup_iters`` steps if set;
     ``warmup_mode="constant"`` holds ``warmup_factor`` instead (mmdetection's ``ConstantLR``).
+    ``warmup_by="epoch"`` computes the warm-up factor from the epoch index alone, as
+    torchvision's ``LinearLR(start_factor=warmup_factor, total_iters=warmup_epochs)`` stepped
+    once per epoch: ``warmup_factor + (1 − warmup_factor) · epoch / warmup_epochs`` during the
+    first ``warmup_epochs`` epochs (CAKD: 0.01, 0.208, 0.406, 0.604, 0.802, then 1).
     """
     if warmup_mode not in ("linear", "constant"):
         raise ValueError(f"schedule.warmup_mode must be linear or constant, got {warmup_mode!r}")
+    if warmup_by not in ("step", "epoch"):
+        raise ValueError(f"schedule.warmup_by must be step or epoch, got {warmup_by!r}")
+    if warmup_by == "epoch" and warmup_iters:
+        raise ValueError("schedule.warmup_by=epoch counts warmup_epochs; set warmup_iters to 0")
     epoch = step // steps_per_epoch
     warmup_steps = warmup_iters or round(warmup_epochs * steps_per_epoch)
     total_steps = iters or epochs * steps_per_epoch
@@ -123,7 +156,11 @@ def lr_factor(
         factor = 1.0
     else:
         raise ValueError(f"schedule.name must be multistep, cosine, poly or constant, got {name!r}")
-    if step < warmup_steps:
+    if warmup_by == "epoch":
+        if epoch < warmup_epochs:
+            alpha = 0.0 if warmup_mode == "constant" else epoch / warmup_epochs
+            factor *= warmup_factor + (1 - warmup_factor) * alpha
+    elif step < warmup_steps:
         alpha = 0.0 if warmup_mode == "constant" else step / warmup_steps
         factor *= warmup_factor + (1 - warmup_factor) * alpha
     return factor

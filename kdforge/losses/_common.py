@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,31 +23,54 @@ def pad_shapes(targets: Sequence[dict[str, Any]], size_divisor: int) -> list[tup
 
 
 def init_student_from_teacher(
-    student: nn.Module, teacher: nn.Module, prefixes: Sequence[str] = ("neck", "bbox_head")
+    student: nn.Module,
+    teacher: nn.Module,
+    prefixes: Sequence[str] = ("neck", "bbox_head"),
+    *,
+    strict: bool = True,
 ) -> list[str]:
     """Copy the teacher's parameters and buffers under ``prefixes`` into the student.
 
     CanKD† (``nlkdIN_dagger_*``) and mmrazor's MGD RetinaNet config initialise the student's
     neck and head from the teacher checkpoint (mmengine ``init_cfg=Pretrained,
-    prefix='neck.'/'bbox_head.'``). Every student tensor under a prefix must exist in the
-    teacher with the same shape (same neck and head type), else this raises. Returns the
-    copied state-dict keys.
+    prefix='neck.'/'bbox_head.'``). Strict (default): every student tensor under a prefix
+    must exist in the teacher with the same shape (same neck and head type), else this
+    raises. ``strict=False`` is mmengine's own loading (``load_state_dict(strict=False)``):
+    tensors without a teacher counterpart of the same shape keep their initial values, and
+    one ``UserWarning`` names each of them and each teacher tensor under the prefixes that
+    the student lacks (e.g. CanKD†'s FCOS student with ``conv_bias=True`` under a stock FCOS
+    teacher: the 8 tower-conv biases stay at their init, 0). Returns the copied
+    state-dict keys.
     """
     starts = tuple(f"{p}." for p in prefixes)
     teacher_state = teacher.state_dict()
+    student_state = student.state_dict()
     copied: dict[str, Tensor] = {}
-    for key, value in student.state_dict().items():
+    unfilled: list[str] = []
+    for key, value in student_state.items():
         if not key.startswith(starts):
             continue
         source = teacher_state.get(key)
         if source is None or source.shape != value.shape:
             got = "missing" if source is None else tuple(source.shape)
-            raise ValueError(
-                f"init_from_teacher: student {key!r} {tuple(value.shape)} has no "
-                f"teacher counterpart (teacher: {got}); neck and head must be of the same type"
-            )
+            if strict:
+                raise ValueError(
+                    f"init_from_teacher: student {key!r} {tuple(value.shape)} has no "
+                    f"teacher counterpart (teacher: {got}); neck and head must be of the same "
+                    "type (or load non-strictly)"
+                )
+            unfilled.append(f"{key} {tuple(value.shape)} (teacher: {got})")
+            continue
         copied[key] = source
     if not copied:
         raise ValueError(f"init_from_teacher: the student has no tensors under {prefixes}")
+    unused = [k for k in teacher_state if k.startswith(starts) and k not in student_state]
+    if unfilled or unused:
+        lines = [f"init_from_teacher (non-strict): copied {len(copied)} tensors under {prefixes}"]
+        if unfilled:
+            lines.append(f"left at their init ({len(unfilled)}): " + ", ".join(unfilled))
+        if unused:
+            lines.append(f"teacher tensors not used ({len(unused)}): " + ", ".join(unused))
+        warnings.warn("; ".join(lines), stacklevel=2)
     student.load_state_dict(copied, strict=False)
     return list(copied)

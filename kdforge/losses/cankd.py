@@ -200,6 +200,9 @@ class CanKDLoss(LayerPairTerm):
         init_from_teacher: CanKD† — module prefixes copied from the teacher into the
             student when attached, e.g. ``["neck", "bbox_head"]`` (default: none; see
             :func:`kdforge.losses.init_student_from_teacher`).
+        init_strict: every student tensor under ``init_from_teacher`` must come from the
+            teacher (default). False loads as mmengine does: tensors the teacher lacks keep
+            their init and a warning names them (the FCOS† student's tower-conv biases).
     """
 
     needs_teacher_output = False
@@ -214,18 +217,21 @@ class CanKDLoss(LayerPairTerm):
         connector: str = "auto",
         product: str = "reordered",
         init_from_teacher: Sequence[str] = (),
+        init_strict: bool = True,
     ) -> None:
         super().__init__(student_layers, teacher_layers, weight=weight)
         check_choice("connector", connector, ("auto", "conv1x1", "none"))
         check_choice("product", product, PRODUCTS)
         self.inter_channels, self.connector_kind, self.product = inter_channels, connector, product
-        self.init_from_teacher = list(init_from_teacher)
+        self.init_from_teacher, self.init_strict = list(init_from_teacher), init_strict
         self.connectors = nn.ModuleList()
         self.levels = nn.ModuleList()
 
     def attach(self, student: nn.Module, teacher: nn.Module | None) -> None:
         if self.init_from_teacher and teacher is not None:
-            init_student_from_teacher(student, teacher, self.init_from_teacher)
+            init_student_from_teacher(
+                student, teacher, self.init_from_teacher, strict=self.init_strict
+            )
 
     def build(
         self, student_shapes: dict[str, ShapeTree], teacher_shapes: dict[str, ShapeTree]
@@ -263,5 +269,5 @@ class CanKDLoss(LayerPairTerm):
         return (
             f"student_layers={self.student_layers}, teacher_layers={self.teacher_layers}, "
             f"weight={self.weight:g}, connector={self.connector_kind!r}, "
-            f"init_from_teacher={self.init_from_teacher}"
+            f"init_from_teacher={self.init_from_teacher}, init_strict={self.init_strict}"
         )

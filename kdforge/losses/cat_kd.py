@@ -2,21 +2,53 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdforge.losses._checks import check_choice
 from kdforge.losses.base import DistillBatch, LossTerm
+from kdforge.models import cifar, imagenet
+from kdforge.models.cifar import resnet as cifar_resnet
+from kdforge.models.cifar import resnetv2 as cifar_resnetv2
 from kdforge.taps import unwrap_model
 
 __all__ = [
+    "OFFICIAL_HEAD_INIT",
     "CATKDLoss",
     "binarize_cam",
     "cam_paths",
     "cat_kd_loss",
     "class_activation_map",
+    "init_cam_head",
+    "official_head_init",
     "select_partial_cams",
 ]
+
+# How the official ``*_test`` twin of a zoo model starts its bias-free 1×1 ``conv_test``
+# (K classes × C features; CAT-KD ``mdistiller/models/{cifar,imagenet}/*.py``):
+# "normal": N(0, 2/K). conv_test is created before the model's init loop, which draws every
+#   Conv2d from kaiming_normal_(fan_out, relu) (CIFAR resnet.py, resnetv2.py) or
+#   normal_(0, √(2/(k·k·out))) (wrn.py, CIFAR mobilenetv2.py, ImageNet resnet.py): for a 1×1
+#   conv both are N(0, 2/K).
+# "default": PyTorch's Conv2d init, kaiming_uniform_(a=√5) = U(±1/√C). conv_test is created
+#   after the loop (vgg.py) or the model has no loop (ShuffleNetv1/v2.py, ImageNet
+#   mobilenetv2.py, which is a MobileNetV1).
+# Zoo models without an official twin (ImageNet mobilenet_v2, user models) are left alone.
+OFFICIAL_HEAD_INIT: dict[type[nn.Module], str] = {
+    cifar_resnet.ResNet: "normal",
+    cifar_resnetv2.ResNet: "normal",
+    cifar.WideResNet: "normal",
+    cifar.MobileNetV2: "normal",
+    imagenet.ResNet: "normal",
+    cifar.VGG: "default",
+    cifar.ShuffleNet: "default",
+    cifar.ShuffleNetV2: "default",
+    imagenet.MobileNetV1: "default",
+}
+STUDENT_INITS = ("official", "keep")
 
 
 def class_activation_map(features: Tensor, weight: Tensor) -> Tensor:
@@ -94,6 +126,25 @@ def select_partial_cams(
     return student, teacher
 
 
+def official_head_init(model: nn.Module) -> str | None:
+    """``"normal"`` or ``"default"``: how the official ``*_test`` twin of ``model`` initialises
+    its CAM head (:data:`OFFICIAL_HEAD_INIT`); None for a model without one."""
+    model = unwrap_model(model)
+    return next((v for cls, v in OFFICIAL_HEAD_INIT.items() if isinstance(model, cls)), None)
+
+
+def init_cam_head(weight: Tensor, scheme: str) -> None:
+    """Redraw a ``(K, C)`` classifier weight as the official bias-free 1×1 conv's, in place,
+    from the global RNG: ``"normal"`` N(0, 2/K), ``"default"`` U(±1/√C) (PyTorch's Conv2d
+    init; a 1×1 conv's fan-in is C, as the linear layer's)."""
+    check_choice("scheme", scheme, ("normal", "default"))
+    with torch.no_grad():
+        if scheme == "normal":
+            weight.normal_(0.0, math.sqrt(2.0 / weight.shape[0]))
+        else:
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+
+
 def cam_paths(
     model: nn.Module, layer: str | None = None, classifier: str | None = None, role: str = "model"
 ) -> tuple[str, str]:
@@ -137,9 +188,13 @@ class CATKDLoss(LossTerm):
 
     Official student logits are ``mean(CAM_s)`` with no bias. Ours are ``fc(pool(f))`` =
     ``mean(CAM_s) + b``; ``student_bias=False`` (default) zeroes and freezes ``b`` when the
-    term is attached, which makes them equal. One difference remains: the official conv head
-    starts from N(0, 2/K) (PyTorch's default for ShuffleV1/V2, which equals ``nn.Linear``'s),
-    the zoo's linear layers from their reference initialisation.
+    term is attached, which makes them equal. The official students are the ``*_test``
+    twins, built from scratch, whose conv head starts as :data:`OFFICIAL_HEAD_INIT` says:
+    N(0, 2/K) for the ResNet, WRN, CIFAR MobileNetV2 and ResNet50 families, PyTorch's default
+    U(±1/√C) for VGG, ShuffleV1/V2 and the ImageNet MobileNet(V1). With
+    ``student_init="official"`` (default) the zoo student's linear weight is redrawn so when
+    the term is attached (global RNG, hence fixed by the seed); the zoo's own
+    initialisation differs (VGG, CIFAR MobileNetV2: N(0, 0.01); ResNet, WRN: PyTorch's).
 
     Official defaults (``mdistiller/engine/cfg.py``): β 400, R 2, normalize True, no
     binarisation, all CAMs; per pair β runs from 0.7 to 600 (see the recipes). CE is a
@@ -159,6 +214,9 @@ class CATKDLoss(LossTerm):
         strategy: 0 top teacher logits, 1 lowest (``Strategy``).
         student_bias: keep the student's classifier bias trainable (False: zero and freeze
             it, the official bias-free head).
+        student_init: ``"official"`` redraws the classifier weight of a zoo student as its
+            official twin's conv head (:func:`official_head_init`; others are left alone);
+            ``"keep"`` leaves it, e.g. for a pretrained student.
     """
 
     needs_teacher_output = False
@@ -178,8 +236,10 @@ class CATKDLoss(LossTerm):
         num_cams: int | None = None,
         strategy: int = 0,
         student_bias: bool = False,
+        student_init: str = "official",
     ) -> None:
         super().__init__(weight)
+        check_choice("student_init", student_init, STUDENT_INITS)
         if resolution < 1:
             raise ValueError(f"cat_kd: resolution must be >= 1, got {resolution}")
         if strategy not in (0, 1):
@@ -191,6 +251,7 @@ class CATKDLoss(LossTerm):
             )
         self.resolution, self.normalize, self.binarize = resolution, normalize, binarize
         self.num_cams, self.strategy, self.student_bias = num_cams, strategy, student_bias
+        self.student_init = student_init
         self.student_layer, self.teacher_layer = student_layer, teacher_layer
         self.student_classifier, self.teacher_classifier = student_classifier, teacher_classifier
         self._linears: tuple[nn.Module, nn.Module] | None = None  # outside the module tree
@@ -220,6 +281,9 @@ class CATKDLoss(LossTerm):
         head_s = unwrap_model(student).get_submodule(self.student_classifier)
         head_t = unwrap_model(teacher).get_submodule(self.teacher_classifier)
         self._linears = (head_s, head_t)
+        scheme = official_head_init(student) if self.student_init == "official" else None
+        if scheme is not None:
+            init_cam_head(head_s.weight, scheme)
         bias = getattr(head_s, "bias", None)
         if not self.student_bias and isinstance(bias, Tensor):
             with torch.no_grad():
@@ -271,7 +335,8 @@ class CATKDLoss(LossTerm):
         parts = [
             f"weight={self.weight:g}, resolution={self.resolution}, normalize={self.normalize}",
             f"binarize={self.binarize}, num_cams={self.num_cams}, strategy={self.strategy}",
-            f"student_bias={self.student_bias}, student_layer={self.student_layer!r}",
+            f"student_bias={self.student_bias}, student_init={self.student_init!r}",
+            f"student_layer={self.student_layer!r}",
             f"teacher_layer={self.teacher_layer!r}",
         ]
         return ", ".join(parts)

@@ -286,7 +286,7 @@ def test_recipes_keep_the_released_numbers(name: str) -> None:
     }  # fmt: skip
     assert raw["schedule"] == {
         "name": "multistep", "epochs": 120, "milestones": [35, 65, 95], "gamma": 0.1,
-        "warmup_epochs": 5, "warmup_factor": 0.01,
+        "warmup_epochs": 5, "warmup_factor": 0.01, "warmup_by": "epoch",
     }  # fmt: skip
     assert raw["train"] == {"ema_decay": 0.99998, "ema_steps": 32}
     if not _unwired():

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdforge.config import load_config
 from kdforge.distiller import Distiller
 from kdforge.losses import (
     TERMS,
@@ -16,6 +19,7 @@ from kdforge.losses import (
     init_student_from_teacher,
 )
 from kdforge.losses.cankd import cross_nonlocal_attention
+from kdforge.models import create_model
 
 OFFICIAL_KEYS = [  # (key, shape) for C=8, Ci=4, in NLKD_IN_Loss's registration order
     ("non_local_att.att.theta.weight", (4, 8, 1, 1)),
@@ -196,3 +200,55 @@ def test_cankd_dagger_copies_neck_and_head_from_the_teacher():
     term = CanKDLoss(["neck"], init_from_teacher=["neck", "bbox_head"])
     Distiller(teacher, other, {"cankd": term})
     assert torch.equal(other.neck.weight, teacher.neck.weight)
+
+
+def test_cankd_dagger_fcos_loads_non_strictly_and_names_what_it_left():
+    # nlkdIN_dagger_(fpn_)fcos: the conv_bias=True student loads a stock FCOS teacher (no
+    # tower-conv biases) with mmengine's load_state_dict(strict=False)
+    kw = {"num_classes": 3, "fpn_channels": 32, "feat_channels": 32, "stacked_convs": 2}
+    torch.manual_seed(3)
+    teacher = create_model("fcos_r18_fpn", **kw)
+    student = create_model("fcos_r18_fpn", conv_bias=True, **kw)
+    with pytest.raises(ValueError, match=r"bbox_head\.cls_convs\.0\.conv\.bias"):
+        init_student_from_teacher(student, teacher)
+    left = [f"bbox_head.{t}_convs.{i}.conv.bias" for i in range(2) for t in ("cls", "reg")]
+    with pytest.warns(UserWarning, match="left at their init \\(4\\)") as record:
+        copied = init_student_from_teacher(student, teacher, strict=False)
+    message = str(record[0].message)
+    assert all(key in message for key in left) and "teacher tensors not used" not in message
+    state_s, state_t = student.state_dict(), teacher.state_dict()
+    under = [k for k in state_s if k.startswith(("neck.", "bbox_head."))]
+    assert sorted(copied) == sorted(set(under) - set(left))
+    assert all(torch.equal(state_s[k], state_t[k]) for k in copied)
+    assert all(not state_s[k].any() for k in left)  # mmcv ConvModule's init: bias 0
+    other = create_model("fcos_r18_fpn", conv_bias=True, **kw)
+    term = CanKDLoss(
+        ["neck.fpn_convs.0"], init_from_teacher=["neck", "bbox_head"], init_strict=False
+    )
+    with pytest.warns(UserWarning, match="cls_convs.1.conv.bias"):
+        term.attach(other, teacher)
+    assert torch.equal(other.bbox_head.conv_cls.weight, teacher.bbox_head.conv_cls.weight)
+    with pytest.raises(ValueError, match="same type"):
+        CanKDLoss(["neck"], init_from_teacher=["bbox_head"]).attach(student, teacher)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "official", "nms_pre", "max_per_img"),
+    [
+        ("cankd-dagger_fcos_r101_fcos_r50_fpn_2x.yaml", "nlkdIN_dagger_fpn_fcos", 1000, 100),
+        ("cankd-dagger_fcos_r101_fcos_r50_fpn_2x_1000det.yaml", "nlkdIN_dagger_fcos", 2000, 1000),
+    ],
+)
+def test_cankd_dagger_fcos_recipes_keep_their_test_settings(recipe, official, nms_pre, max_per_img):
+    path = Path(__file__).resolve().parents[2] / "configs" / "coco" / "cankd" / recipe
+    assert path.read_text().startswith(f"# CanKD configs/distill/mmdet/nlkd/{official}_r101_")
+    cfg = load_config(path)
+    kwargs = {k: v for k, v in cfg.student.kwargs.items() if k != "backbone_pretrained"}
+    assert kwargs == {
+        "center_sampling": True, "norm_on_bbox": True, "loss_bbox": "giou", "nms_iou": 0.6,
+        "conv_bias": True, **({"nms_pre": 2000, "max_per_img": 1000} if nms_pre == 2000 else {}),
+    }  # fmt: skip
+    small = {"num_classes": 3, "fpn_channels": 32, "feat_channels": 32, "stacked_convs": 1}
+    test_cfg = create_model(cfg.student.name, **small, **kwargs).bbox_head.test_cfg
+    assert (test_cfg.nms_pre, test_cfg.max_per_img) == (nms_pre, max_per_img)
+    assert test_cfg.score_thr == 0.05 and test_cfg.iou_threshold == 0.6

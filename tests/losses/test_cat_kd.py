@@ -258,3 +258,59 @@ def test_forward_matches_the_pure_function_on_a_batch():
     cam_s = class_activation_map(s_feat, distiller.student.head.weight)
     cam_t = class_activation_map(t_feat, distiller.teacher.head.weight)
     assert term(batch).item() == pytest.approx(5.0 * cat_kd_loss(cam_s, cam_t, 1, True).item())
+
+
+# Official *_test twins (CAT-KD mdistiller/models/{cifar,imagenet}/*.py): conv_test made
+# before the init loop -> N(0, 2/K); after it (VGG) or with no loop -> PyTorch's default.
+HEAD_INIT = {
+    "resnet8": "normal",  # cifar/resnet.py: kaiming_normal_(fan_out, relu)
+    "resnet32x4": "normal",
+    "ResNet50": "normal",  # cifar/resnetv2.py
+    "wrn_16_2": "normal",  # cifar/wrn.py: normal_(0, sqrt(2 / (k * k * out)))
+    "MobileNetV2": "normal",  # cifar/mobilenetv2.py
+    "resnet18": "normal",  # imagenet/resnet.py
+    "vgg8": "default",  # cifar/vgg.py: conv_test created after _initialize_weights
+    "ShuffleV1": "default",  # no init loop
+    "ShuffleV2": "default",
+    "mobilenet_v1": "default",  # imagenet/mobilenetv2.py (a MobileNetV1): no init loop
+}
+
+
+@pytest.mark.parametrize("name", sorted(HEAD_INIT))
+def test_student_head_starts_as_the_official_conv_head(name: str):
+    scheme = HEAD_INIT[name]
+    student = create_model(name, num_classes=100)
+    head = student.get_submodule(student.classifier_name)
+    k, c = head.weight.shape
+    teacher = create_model(name, num_classes=100)
+    teacher_weight = teacher.get_submodule(teacher.classifier_name).weight.detach().clone()
+    expected = torch.empty(k, c)
+    torch.manual_seed(7)
+    if scheme == "normal":
+        expected.normal_(0.0, (2.0 / k) ** 0.5)
+    else:  # nn.Conv2d(c, k, 1).reset_parameters(): kaiming_uniform_(a=sqrt(5)), fan-in c
+        nn.init.kaiming_uniform_(expected.view(k, c, 1, 1), a=5**0.5)
+    torch.manual_seed(7)  # the same seed gives the same head
+    CATKDLoss().attach(student, teacher)
+    assert torch.equal(head.weight, expected)
+    assert not head.bias.requires_grad and not head.bias.any()
+    assert torch.equal(teacher.get_submodule(teacher.classifier_name).weight, teacher_weight)
+    if scheme == "normal":
+        assert head.weight.std().item() == pytest.approx((2.0 / k) ** 0.5, rel=0.05)
+    else:
+        assert head.weight.abs().max().item() <= c**-0.5
+        assert head.weight.std().item() == pytest.approx((3 * c) ** -0.5, rel=0.05)
+
+
+def test_student_init_keep_and_models_without_a_twin_keep_their_head():
+    student, teacher = create_model("vgg8", num_classes=10), create_model("vgg8", num_classes=10)
+    before = student.classifier.weight.detach().clone()
+    CATKDLoss(student_init="keep").attach(student, teacher)  # e.g. a pretrained student
+    assert torch.equal(student.classifier.weight, before)
+    torch.manual_seed(0)
+    tiny = TinyNet()
+    before = tiny.head.weight.detach().clone()
+    CATKDLoss().attach(tiny, TinyNet())  # a user model: no official twin
+    assert torch.equal(tiny.head.weight, before)
+    with pytest.raises(ValueError, match="student_init"):
+        CATKDLoss(student_init="zoo")

@@ -99,8 +99,8 @@ SETTINGS: dict[str, Setting] = {
     # KL divergences between equal distributions (DKD: its binary and non-target parts)
     "kd": Setting(CIFAR, _classification, zero={}),
     "dkd": Setting(CIFAR, _classification, zero={}),
-    # equal CAMs pool and normalise to equal maps
-    "cat_kd": Setting(CIFAR, _classification, zero={}),
+    # equal CAMs pool and normalise to equal maps (the student head kept, not redrawn)
+    "cat_kd": Setting(CIFAR, _classification, zero={"student_init": "keep"}),
     # equal maps standardise to equal maps
     "pkd": Setting(CIFAR, _classification, zero=PAIRS, kwargs=PAIRS),
     # the conv-BN-ReLU connector is randomly initialised; without one the hint is the map
