@@ -2,7 +2,9 @@
 
 Each run folder holds the ``config.yaml`` the run used and its ``log.jsonl`` (read by
 :mod:`kdforge.commands._runs`). The *final* value is that of the last evaluation, the
-*best* the highest (the latest on ties, as ``best.pt`` is chosen).
+*best* the highest (the latest on ties, as ``best.pt`` is chosen); *reported* is the one
+the recipe's source publishes (``train.report``, or the task's: best for classification as
+mdistiller, final for detection and segmentation as mmdetection and mmsegmentation).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class RunSummary:
         epochs, values: the metric after each evaluated epoch.
         steps, losses: the sum of the logged training losses at each logged step.
         teacher: the teacher's metric, when the run logged it.
+        report: ``"best"`` or ``"final"``: which value the recipe's source publishes.
     """
 
     name: str
@@ -59,6 +62,11 @@ class RunSummary:
     steps: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     teacher: float | None = None
+    report: str = "best"
+
+    @property
+    def reported(self) -> float:
+        return self.final if self.report == "final" else self.best[0]
 
     @property
     def final(self) -> float:
@@ -91,6 +99,7 @@ def read_run(run_dir: str | Path) -> RunSummary:
         metric,
         epochs=[int(epoch) for epoch in curves["epoch"]],
         values=curves[metric],
+        report=(cfg.get("train") or {}).get("report") or task.report,
     )
     for record in records_of(records, "teacher"):
         if metric in record:
@@ -110,8 +119,9 @@ def read_run(run_dir: str | Path) -> RunSummary:
 
 
 def format_comparison(runs: Sequence[RunSummary]) -> str:
-    """A text table: run, student, loss terms, metric, final, best (epoch), teacher."""
-    header = ("run", "student", "losses", "metric", "final", "best (epoch)", "teacher")
+    """A text table: run, student, loss terms, metric, reported, final, best (epoch),
+    teacher."""
+    header = ("run", "student", "losses", "metric", "reported", "final", "best (epoch)", "teacher")
     rows = [header]
     for summary in runs:
         value, epoch = summary.best
@@ -122,6 +132,7 @@ def format_comparison(runs: Sequence[RunSummary]) -> str:
                 summary.student,
                 "+".join(summary.loss_terms),
                 summary.metric,
+                f"{summary.reported:.4g} ({summary.report})",
                 f"{summary.final:.4g}",
                 f"{value:.4g} ({epoch})",
                 teacher,
@@ -168,10 +179,12 @@ def run_compare(
 
     runs = [read_run(d) for d in run_dirs]
     rows = [
-        [r.name, r.student, "+".join(r.loss_terms), r.metric, r.final, *r.best, r.teacher]
+        [r.name, r.student, "+".join(r.loss_terms), r.metric, r.reported, r.report, r.final]
         for r in runs
     ]
-    header = ["run", "student", "losses", "metric", "final", "best", "best_epoch", "teacher"]
+    rows = [[*row, *r.best, r.teacher] for row, r in zip(rows, runs, strict=True)]
+    header = ["run", "student", "losses", "metric", "reported", "report", "final", "best"]
+    header += ["best_epoch", "teacher"]
     out = Path(out)
     csv = write_csv(out / "compare.csv", header, rows)
     png = draw_comparison(runs, out / "compare.png")

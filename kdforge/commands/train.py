@@ -33,10 +33,24 @@ def format_metrics(metrics: dict[str, object]) -> str:
     )
 
 
+def format_summary(summary: dict[str, object]) -> str:
+    """The number the recipe's source would publish, with the other one beside it."""
+    other = (
+        f"best {summary['best']:.4g} at epoch {summary['best_epoch']}"
+        if summary["report"] == "final"
+        else f"final {summary['final']:.4g}"
+    )
+    return (
+        f"reported {summary['metric']} {summary['reported']:.4g} ({summary['report']}, as the "
+        f"recipe's source reports; {other})"
+    )
+
+
 def run(args: argparse.Namespace) -> None:
     from kdforge.config import load_config
     from kdforge.engine.build import build_trainer
     from kdforge.engine.distributed import cleanup_distributed
+    from kdforge.engine.hooks import EvalHook
     from kdforge.errors import ConfigError
 
     if args.resume:
@@ -57,5 +71,8 @@ def run(args: argparse.Namespace) -> None:
         metrics = trainer.fit()
         if trainer.dist.is_main:
             print(f"done: {trainer.run_dir} {format_metrics(metrics)}")
+            evaluation = trainer.hook(EvalHook)
+            if evaluation is not None and evaluation.summary()["reported"] is not None:
+                print(format_summary(evaluation.summary()))
     finally:
         cleanup_distributed()

@@ -116,6 +116,7 @@ RULES: dict[str, Rule] = {
     "schedule.warmup_iters": _number(0),
     "schedule.warmup_mode": _one_of("linear", "constant"),
     "schedule.warmup_by": _one_of("step", "epoch"),
+    "train.report": Rule("null or one of best, final", lambda v: v in (None, "best", "final")),
     "train.seed": _number(0, 2**32 - 1),  # the usual 32-bit seed range
     "train.max_steps": _number(1, null=True),
     "train.max_eval_batches": _number(1, null=True),

@@ -96,6 +96,9 @@ class TrainConfig:
     ema_decay: float | None = None  # EMA of the student (per image, torchvision's); None = off
     ema_steps: int = 32  # optimizer steps between EMA updates
     sync_bn: bool = False  # SyncBatchNorm in the student under DDP (mmseg recipes)
+    # best | final: the evaluation the recipe's source reports; None: the task's (best for
+    # classification, as mdistiller; final for detection and segmentation, as mmdet/mmseg)
+    report: str | None = None
     compile: bool = False  # torch.compile student and teacher (eager, with a warning, on failure)
     stop_distillation: int | None = None  # from this epoch (0-based) on, train without the teacher
     # extra hooks, each {type: package.module.HookClass, **its keyword arguments}

@@ -277,7 +277,8 @@ def build_hooks(
                 task.check_teacher(metrics, meta["num_classes"], cfg.teacher.name)
 
         hooks.append(H.TeacherCheckHook(evaluate, check, f"teacher {cfg.teacher.name}"))
-    hooks.append(H.EvalHook(evaluate, task.metric, train.eval_every, extra_models))
+    report = train.report or task.report
+    hooks.append(H.EvalHook(evaluate, task.metric, train.eval_every, extra_models, report))
     hooks += [user_hook(i, spec) for i, spec in enumerate(train.hooks)]
     if cfg.data.on_bad_sample == "skip":
         hooks.append(H.SkippedSamplesHook())

@@ -215,7 +215,9 @@ class EvalHook(HookBase):
 
     Sets ``trainer.metrics``, and ``trainer.best``/``trainer.improved`` by ``metric``
     (higher is better). ``extra_models`` (``{prefix: module}``, e.g. ``{"ema": ...}``) are
-    evaluated too, their values logged as ``<prefix>_<key>``.
+    evaluated too, their values logged as ``<prefix>_<key>``. At the end it logs a
+    ``summary`` record with the final and the best value (and its epoch), and which of the
+    two ``report`` says the recipe's source publishes (:meth:`summary`).
     """
 
     def __init__(
@@ -224,10 +226,15 @@ class EvalHook(HookBase):
         metric: str,
         every: int = 1,
         extra_models: Mapping[str, nn.Module] | None = None,
+        report: str = "best",
     ) -> None:
-        self.evaluate, self.metric = evaluate, metric
+        if report not in ("best", "final"):
+            raise ConfigError(f"report must be best or final (train.report), got {report!r}")
+        self.evaluate, self.metric, self.report = evaluate, metric, report
         self.every = _check_every("EvalHook", "train.eval_every", every)
         self.extra_models = dict(extra_models or {})
+        self.best_epoch: int | None = None
+        self.final: float | None = None
 
     def after_epoch(self) -> None:
         trainer = self.trainer
@@ -240,8 +247,32 @@ class EvalHook(HookBase):
             metrics |= {f"{prefix}_{k}": v for k, v in extra.items() if k != "count"}
         trainer.metrics = metrics
         value = metrics.get(self.metric)
+        self.final = value
         if value is not None and (trainer.best is None or value >= trainer.best):
-            trainer.best, trainer.improved = value, True
+            trainer.best, trainer.improved, self.best_epoch = value, True, trainer.epoch
+
+    def summary(self) -> dict[str, Any]:
+        """``{metric, final, best, best_epoch, report, reported}``: ``reported`` is the
+        value the recipe's source would publish."""
+        best = self.trainer.best
+        reported = self.final if self.report == "final" else best
+        return {
+            "metric": self.metric,
+            "final": self.final,
+            "best": best,
+            "best_epoch": self.best_epoch,
+            "report": self.report,
+            "reported": reported,
+        }
+
+    def after_train(self) -> None:
+        self.trainer.logger.log("summary", self.trainer.step, **self.summary())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_epoch": self.best_epoch, "final": self.final}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_epoch, self.final = state["best_epoch"], state["final"]
 
 
 class CheckpointHook(HookBase):

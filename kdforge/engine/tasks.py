@@ -243,6 +243,9 @@ class Task:
         evaluate: ``(model, loader, device, amp_dtype, max_batches) -> metrics``.
         check_teacher: ``(metrics, num_classes, name)``; raises if the teacher is useless.
         counted: what the evaluation's ``count`` counts, for messages.
+        report: which evaluation papers of this task report: ``"best"`` (mdistiller's
+            best epoch) or ``"final"`` (mmdetection's and mmsegmentation's last checkpoint);
+            a recipe's ``train.report`` overrides it.
         view: ``(data config, PIL image) -> (picture (H, W, 3) uint8, input (1, 3, H', W'))``:
             any image file as the models see it, from the recipe alone.
         confusion: ``(model, images, targets, val set, score_thr, iou_thr) -> counts`` of one
@@ -259,6 +262,7 @@ class Task:
     evaluate: Callable[..., dict[str, float]]
     check_teacher: Callable[[dict[str, float], int, str], None]
     counted: str
+    report: str
     view: Callable[[DictConfig, Image.Image], View]
     confusion: Callable[..., Tensor]
 
@@ -275,6 +279,7 @@ TASKS: dict[str, Task] = {
             evaluate=evaluate_classifier,
             check_teacher=check_teacher_accuracy,
             counted="images",
+            report="best",
             view=_classification_view,
             confusion=_classification_counts,
         ),
@@ -287,6 +292,7 @@ TASKS: dict[str, Task] = {
             evaluate=_evaluate_segmentor,
             check_teacher=check_segmentor_miou,
             counted="labelled pixels",
+            report="final",
             view=_segmentation_view,
             confusion=_segmentation_counts,
         ),
@@ -299,6 +305,7 @@ TASKS: dict[str, Task] = {
             evaluate=evaluate_detector,
             check_teacher=check_detector_ap,
             counted="images",
+            report="final",
             view=_detection_view,
             confusion=_detection_counts,
         ),

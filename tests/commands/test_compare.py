@@ -35,6 +35,7 @@ def test_final_and_best_values(tmp_path):
         _run(tmp_path / "kd", "loss: {ce: {}, kd: {}}", [(1, 50.0), (2, 70.0), (3, 60.0)], 80.0)
     )
     assert run.final == 60.0 and run.best == (70.0, 2)
+    assert run.report == "best" and run.reported == 70.0  # classification: mdistiller's
     assert run.loss_terms == ["ce", "kd"] and run.teacher == 80.0
     assert run.losses[0] == pytest.approx(1.5) and run.steps == [10, 20, 30]  # ce + kd
 
@@ -55,8 +56,19 @@ def test_command_prints_a_table_and_writes_csv_and_png(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "61.5 (2)" in printed and "ce+kd" in printed
     rows = list(csv.reader((out / "compare.csv").open()))
-    assert rows[0][:7] == ["run", "student", "losses", "metric", "final", "best", "best_epoch"]
-    assert rows[2][4:7] == ["60.0", "61.5", "2"] and rows[1][4:7] == ["55.0", "55.0", "2"]
+    assert rows[0][:9] == [
+        "run",
+        "student",
+        "losses",
+        "metric",
+        "reported",
+        "report",
+        "final",
+        "best",
+        "best_epoch",
+    ]
+    assert rows[2][4:9] == ["61.5", "best", "60.0", "61.5", "2"]
+    assert rows[1][4:9] == ["55.0", "best", "55.0", "55.0", "2"]
     with Image.open(out / "compare.png") as image:
         assert image.format == "PNG" and image.width >= 800 and image.height >= 300
 

@@ -227,3 +227,34 @@ def test_skipped_samples_are_logged_per_epoch(tmp_path):
     lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
     skips = [r for r in map(json.loads, lines) if r["kind"] == "data"]
     assert [(r["epoch"], r["skipped"]) for r in skips] == [(1, 1), (2, 1)]
+
+
+@pytest.mark.parametrize(("report", "reported"), [("final", 20.0), ("best", 30.0)])
+def test_the_summary_reports_what_the_source_publishes(report, reported):
+    from kdforge.engine.hooks import EvalHook
+
+    values = iter([10.0, 30.0, 20.0])
+    evaluation = EvalHook(lambda model: {"AP": next(values)}, "AP", report=report)
+    distiller = Distiller(None, create_model("resnet8"), {"ce": CrossEntropyLoss()})
+    optimizer = torch.optim.SGD(distiller.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+    data = [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))]
+    Trainer(distiller, optimizer, scheduler, data, 3, hooks=[evaluation]).fit()
+    assert evaluation.summary() == {
+        "metric": "AP",
+        "final": 20.0,
+        "best": 30.0,
+        "best_epoch": 2,
+        "report": report,
+        "reported": reported,
+    }
+
+
+def test_detection_and_segmentation_report_the_final_evaluation_classification_the_best():
+    from kdforge.engine.tasks import TASKS
+
+    assert {name: task.report for name, task in TASKS.items()} == {
+        "classification": "best",
+        "detection": "final",
+        "segmentation": "final",
+    }

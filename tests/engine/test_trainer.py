@@ -36,7 +36,10 @@ def test_run_folder_holds_config_logs_tensorboard_and_checkpoints(tiny_overrides
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     kinds = {r["kind"] for r in records}
-    assert kinds == {"teacher", "train", "val"}
+    assert kinds == {"teacher", "train", "val", "summary"}
+    (summary,) = [r for r in records if r["kind"] == "summary"]
+    assert summary["report"] == "best" and summary["reported"] == summary["best"]
+    assert summary["final"] == metrics["top1"] and summary["metric"] == "top1"
     train = [r for r in records if r["kind"] == "train"]
     assert {"ce", "kd", "hint", "lr", "images_per_s"} <= set(train[0])
     assert metrics["count"] == 24 and 0 <= metrics["top1"] <= 100
