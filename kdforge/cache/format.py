@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +33,29 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fingerprint_sections(cfg: DictConfig, taps: list[str], logits: bool) -> dict[str, Any]:
-    """What the stored values depend on: data and augmentation, teacher, seed, outputs."""
+def fingerprint_sections(
+    cfg: DictConfig, taps: list[str], logits: bool, values: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """What the stored values depend on: data and augmentation, teacher, seed, outputs.
+
+    ``values``: ``{key: term}`` of the terms whose ``teacher_values`` are stored (see
+    :func:`~kdforge.cache.cached_outputs`); their ``teacher_value_settings`` are part of
+    the outputs.
+    """
     data = OmegaConf.to_container(cfg.data, resolve=True)
     for key in ("batch_size", "eval_batch_size", "num_workers"):  # do not change the values
         data.pop(key)
     teacher = {k: cfg.teacher[k] for k in ("name", "num_classes", "pretrained")}
     teacher["kwargs"] = OmegaConf.to_container(cfg.teacher.kwargs, resolve=True)
+    outputs: dict[str, Any] = {"logits": logits, "features": sorted(taps)}
+    if values:  # absent when empty: caches of output and feature terms keep their fingerprint
+        outputs["values"] = {k: t.teacher_value_settings() for k, t in sorted(values.items())}
     return {
         "task": cfg.task,
         "data": data,
         "teacher": teacher,
         "seed": cfg.train.seed,
-        "outputs": {"logits": logits, "features": sorted(taps)},
+        "outputs": outputs,
     }
 
 
@@ -115,7 +126,8 @@ class TeacherCache:
         return self._aug[epoch][index]
 
     def outputs(self, epoch: int, index: int) -> tuple[Tensor | None, dict[str, Tensor]]:
-        """``(logits (K,) or None, {path: feature})`` of one sample, as float32."""
+        """``(logits (K,) or None, {path: feature, key/name: term value})`` of one sample, as
+        float32."""
         shard = self._shard(epoch, index)
         f = self._handles.get(shard["file"])
         if f is None:
@@ -132,6 +144,8 @@ class TeacherCache:
             p: f.get_slice(f"feature.{p}")[row : row + 1][0].float()
             for p in self.manifest["features"]
         }
+        for name in self.manifest.get("values", []):  # stored as float32
+            features[name] = f.get_slice(f"value.{name}")[row : row + 1][0]
         return logits, features
 
     def _shard(self, epoch: int, index: int) -> dict[str, Any]:

@@ -5,8 +5,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,36 +31,91 @@ from kdforge.cache.replay import scripted
 from kdforge.errors import ConfigError
 from kdforge.losses import LossTerm
 from kdforge.taps import FeatureTaps
+from kdforge.teacher import TeacherReplay
 
-__all__ = ["cached_outputs", "check_cache", "write_cache"]
+__all__ = ["cached_outputs", "check_cache", "teacher_replay", "write_cache"]
+
+Values = Mapping[str, LossTerm]  # teacher_values_key -> a term that computes those values
 
 
-def cached_outputs(cfg: DictConfig, terms: dict[str, LossTerm]) -> tuple[list[str], bool]:
-    """``(teacher taps, whether logits are needed)`` of a recipe, or a CacheError saying why
-    it cannot train from a cache (the data set's pipeline is checked when it is recorded)."""
+def cached_outputs(
+    cfg: DictConfig, terms: Mapping[str, LossTerm]
+) -> tuple[list[str], bool, dict[str, LossTerm]]:
+    """``(teacher taps, whether logits are needed, {key: term})`` of a recipe, or a
+    CacheError saying why it cannot train from a cache (the data set's pipeline is checked
+    when it is recorded). The third item holds one term per ``teacher_values_key`` among
+    the terms that define :meth:`~kdforge.losses.LossTerm.teacher_values` (e.g. cat_kd):
+    the cache stores those values instead of their taps."""
     if cfg.data.mixup_alpha > 0 or cfg.data.repeated_aug > 1:
         raise CacheError("the teacher cache supports neither data.mixup_alpha nor repeated_aug")
+    return _outputs_of(terms)
+
+
+def _outputs_of(terms: Mapping[str, LossTerm]) -> tuple[list[str], bool, dict[str, LossTerm]]:
     needy = {n: t for n, t in terms.items() if t.needs_teacher}
-    live = [n for n, t in needy.items() if type(t).attach is not LossTerm.attach]
+    valued = {n: t for n, t in needy.items() if t.has_teacher_values}
+    plain = {n: t for n, t in needy.items() if n not in valued}
+    live = [n for n, t in plain.items() if type(t).attach is not LossTerm.attach]
     if live:
         raise CacheError(
             f"loss terms {live} use the teacher model itself (its weights or modules), which a "
             "cache does not hold; supported: terms reading its output and tapped features "
-            "(kd, dkd, fitnet, pkd)"
+            "(kd, dkd, fitnet, pkd) and terms that define teacher_values (cat_kd)"
         )
-    taps = sorted({p for t in needy.values() for p in t.teacher_taps if p != ""})
-    logits = any(t.needs_teacher_output or "" in t.teacher_taps for t in needy.values())
-    return taps, logits
+    taps = sorted({p for t in plain.values() for p in t.teacher_taps if p != ""})
+    logits = any(t.needs_teacher_output or "" in t.teacher_taps for t in plain.values())
+    return taps, logits, {t.teacher_values_key: t for t in valued.values()}
+
+
+def _value_taps(values: Values, teacher: nn.Module) -> list[str]:
+    """Attach each value term to the teacher alone; the taps their values are computed from."""
+    for term in values.values():
+        term.attach(None, teacher)
+    return [p for t in values.values() for p in t.teacher_taps if p != ""]
+
+
+@contextlib.contextmanager
+def _without_tf32() -> Iterator[None]:
+    """Full float32 convolutions and matmuls (PyTorch lets cuDNN use TF32 by default): the
+    writer's batches and ``--check``'s then agree to ~5e-5 instead of ~2e-2 on CAMs of
+    magnitude 60 (resnet32x4 on an H200), and binarised CAMs to the bit."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 @torch.inference_mode()
+@_without_tf32()
 def _teacher_values(
-    teacher: nn.Module, taps: FeatureTaps, images: Tensor
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """``(logits, {path: feature})`` on the CPU, the teacher run where its weights are."""
+    teacher: nn.Module, hooks: FeatureTaps, images: Tensor, taps: Sequence[str], values: Values
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """``(logits, {path: feature} of taps, {key/name: term value})`` on the CPU; the teacher
+    and the terms' ``teacher_values`` run where the teacher's weights are."""
     device = next(teacher.parameters(), torch.empty(0)).device
     logits = teacher(images.to(device))
-    return logits.cpu(), {p: v.cpu() for p, v in taps.outputs.items()}
+    features = hooks.outputs
+    stored: dict[str, Tensor] = {}
+    for term in values.values():  # the term's own code, as in a live run
+        stored |= term.stored_teacher_values({"": logits, **features})
+    kept = {p: features[p].cpu() for p in taps}
+    return logits.cpu(), kept, {k: v.float().cpu() for k, v in stored.items()}
+
+
+def teacher_replay(
+    teacher: nn.Module, terms: Mapping[str, LossTerm], images: Tensor, targets: Any
+) -> TeacherReplay:
+    """What a :class:`~kdforge.cache.ReplayDataset` batch would carry for ``images``, computed
+    here at full precision (no top-k, float32 features): ``terms`` are fresh ones (their
+    value terms are attached to ``teacher`` alone). For benchmarks and tests."""
+    taps, logits, values = _outputs_of(terms)
+    with FeatureTaps(teacher, sorted({*taps, *_value_taps(values, teacher)})) as hooks:
+        output, features, stored = _teacher_values(teacher, hooks, images, taps, values)
+    features = {k: v.clone() for k, v in (features | stored).items()}  # not inference tensors
+    return TeacherReplay(targets, output.clone() if logits else None, features)
 
 
 def write_cache(
@@ -74,6 +130,7 @@ def write_cache(
     topk: int | None = None,
     batch_size: int = 256,
     shard_size: int = 4096,
+    values: Values | None = None,
 ) -> Path:
     """Run ``teacher`` over ``epochs`` augmented passes of ``train_set`` and write the cache
     folder ``out`` (see :mod:`kdforge.cache`); returns ``out``.
@@ -94,6 +151,8 @@ def write_cache(
         topk: logits kept per sample (default ``min(K, 100)``).
         batch_size: images per teacher forward.
         shard_size: samples per file.
+        values: ``{key: term}`` of the terms whose ``teacher_values`` are stored (the third
+            item of :func:`cached_outputs`); they are attached to ``teacher`` here.
     """
     out = Path(out)
     if (out / MANIFEST).exists():
@@ -104,11 +163,11 @@ def write_cache(
     k = topk or min(num_classes, 100)
     if not 1 <= k <= num_classes:
         raise ConfigError(f"--topk must be in [1, {num_classes}], got {k}")
-    tap_paths = sorted(taps)
+    tap_paths, values = sorted(taps), values or {}
     transform = scripted(train_set)
-    hooks = FeatureTaps(teacher, tap_paths)
+    hooks = FeatureTaps(teacher, sorted({*tap_paths, *_value_taps(values, teacher)}))
     out.mkdir(parents=True, exist_ok=True)
-    files, shards, shapes = [], [], {}
+    files, shards, shapes, value_shapes = [], [], {}, {}
     n = len(train_set)
     bar = tqdm(total=epochs * n, desc="caching teacher", unit="img", dynamic_ncols=True)
     for epoch in range(epochs):
@@ -122,16 +181,23 @@ def write_cache(
                 for i in range(lo, min(lo + batch_size, stop)):
                     images.append(train_set[i][0])
                     aug.append(transform.record)
-                output, feats = _teacher_values(teacher, hooks, torch.stack(images))
-                values = pack_logits(output, k) if logits else {}
-                values |= {f"feature.{p}": feats[p].half() for p in tap_paths}
-                for key, value in values.items():
+                batch = torch.stack(images)
+                output, feats, stored = _teacher_values(teacher, hooks, batch, tap_paths, values)
+                tensors = pack_logits(output, k) if logits else {}
+                tensors |= {f"feature.{p}": feats[p].half() for p in tap_paths}
+                tensors |= {f"value.{name}": v for name, v in stored.items()}  # float32
+                for key, value in tensors.items():
                     parts.setdefault(key, []).append(value.clone())
                 bar.update(len(images))
             name = f"e{epoch:03d}_{start:07d}.safetensors"
             tensors = {key: torch.cat(v).contiguous() for key, v in parts.items()}
             save_file(tensors, str(out / name))
             shapes = {p: list(tensors[f"feature.{p}"].shape[1:]) for p in tap_paths}
+            value_shapes = {
+                key.removeprefix("value."): list(v.shape[1:])
+                for key, v in tensors.items()
+                if key.startswith("value.")
+            }
             shards.append({"file": name, "epoch": epoch, "start": start, "stop": stop})
             files.append(name)
         aug_name = f"aug_e{epoch:03d}.json"
@@ -150,6 +216,8 @@ def write_cache(
         "logits": logits,
         "features": tap_paths,
         "feature_shapes": shapes,
+        "values": sorted(value_shapes),
+        "value_shapes": value_shapes,
         "shards": shards,
         "files": [{"file": f, "sha256": sha256(out / f)} for f in files],
     }
@@ -167,29 +235,35 @@ def check_cache(
     samples: int = 32,
     atol: float = 1e-3,
     rtol: float = 1e-2,
+    values: Values | None = None,
 ) -> dict[str, float]:
-    """Recompute ``samples`` samples of epoch 0 with the live teacher; raise a CacheError if
-    the cache does not fit ``sections`` or a stored value differs beyond
-    ``atol + rtol·|live|`` (fp16 features need rtol ~1e-2).
+    """Recompute ``samples`` samples of epoch 0 with the live teacher (and the value terms'
+    ``teacher_values``); raise a CacheError if the cache does not fit ``sections`` or a
+    stored value differs beyond ``atol + rtol·|live|`` (fp16 features need rtol ~1e-2).
 
     The arguments are those of :func:`write_cache`. Returns the largest absolute difference
     per stored value.
     """
     cache = TeacherCache(path)
     cache.check_fits(sections, 1)
-    tap_paths = sorted(taps)
+    tap_paths, values = sorted(taps), values or {}
     transform = scripted(train_set)
     indices = range(min(samples, cache.num_samples))
     images = []
     for i in indices:
         transform.script = cache.augmentation(0, i)
         images.append(train_set[i][0])
-    with FeatureTaps(teacher, tap_paths) as hooks:
-        live_logits, live_feats = _teacher_values(teacher, hooks, torch.stack(images))
+    hooked = sorted({*tap_paths, *_value_taps(values, teacher)})
+    with FeatureTaps(teacher, hooked) as hooks:
+        live_logits, live_feats, live_values = _teacher_values(
+            teacher, hooks, torch.stack(images), tap_paths, values
+        )
     stored = [cache.outputs(0, i) for i in indices]
     pairs = {
         f"feature.{p}": (torch.stack([s[1][p] for s in stored]), live_feats[p]) for p in tap_paths
     }
+    for name, live in sorted(live_values.items()):  # check_fits: the cache holds them
+        pairs[f"value.{name}"] = (torch.stack([s[1][name] for s in stored]), live)
     if logits:  # compare the stored top-k classes only (the rest is a shared average)
         k = cache.manifest["topk"]
         top = live_logits.topk(k, dim=1).indices

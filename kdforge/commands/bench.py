@@ -3,8 +3,9 @@
 Three groups, each a teacher → student pair on random inputs of the task's usual kind:
 
 * ``cifar``: resnet32x4 → resnet8x4, 32×32 — KD (and KD with each teacher option), DKD,
-  CAT-KD (and truncated), and KD trained from a teacher cache (the stored logits come
-  with the batch; reading them is the DataLoader workers' job and is not timed);
+  CAT-KD (and truncated), and KD and CAT-KD trained from a teacher cache (the stored logits,
+  or pooled CAMs, come with the batch; reading them is the DataLoader workers' job and is
+  not timed);
 * ``imagenet``: vit_ti_16 → resnet18, 224×224 — CAKD;
 * ``coco``: gfl_r50_fpn → gfl_r18_fpn, 256×256 — CrossKD, CanKD, PKD (truncated teacher).
 
@@ -72,7 +73,7 @@ class Case:
     name: str
     terms: Terms | None = None  # None: the student alone, or the teacher forward
     options: dict[str, Any] = field(default_factory=dict)  # Distiller teacher options
-    cached: bool = False  # KD from replayed teacher logits (no teacher forward)
+    cached: bool = False  # from replayed teacher values (no teacher built, no forward)
 
 
 GROUPS = {
@@ -95,6 +96,7 @@ CASES = [
     Case("cifar", "DKD", {"ce": {"weight": 1.0}, "dkd": {}}),
     Case("cifar", "CAT-KD", CAT_KD),
     Case("cifar", "CAT-KD, truncated teacher", CAT_KD, {"truncate_teacher": True}),
+    Case("cifar", "CAT-KD, from cache", CAT_KD, cached=True),
     Case("imagenet", "student"),
     Case("imagenet", "teacher forward"),
     Case("imagenet", "CAKD", {"ce": {"weight": 1.0}, "cakd": {}}),
@@ -176,9 +178,9 @@ def build_step(case: Case, device: torch.device) -> Callable[[], None]:
     """A closure running one training step (or one teacher forward) of ``case``."""
     import torch
 
+    from kdforge.cache import teacher_replay
     from kdforge.distiller import Distiller
     from kdforge.models import create_model
-    from kdforge.teacher import TeacherReplay
 
     group = GROUPS[case.group]
     torch.manual_seed(0)
@@ -195,10 +197,10 @@ def build_step(case: Case, device: torch.device) -> Callable[[], None]:
     if case.terms is None:  # the student alone, on its task loss
         task_loss = "detection" if group.student.startswith("gfl") else "ce"
         distiller = Distiller(None, student, _build_terms({task_loss: {}}))
-    elif case.cached:  # the stored logits come with the batch, as a ReplayDataset gives them
+    elif case.cached:  # the stored values come with the batch, as a ReplayDataset gives them
         teacher = create_model(group.teacher, num_classes=group.num_classes).to(device).eval()
-        with torch.no_grad():
-            y = TeacherReplay(y, teacher(x), {})
+        y = teacher_replay(teacher.requires_grad_(False), _build_terms(case.terms), x, y)
+        y = y.to(device)  # as the step's input, already where the student is
         del teacher
         distiller = Distiller(None, student, _build_terms(case.terms), cached_teacher=True)
     else:

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> None:
         raise CacheError("teacher.name is not set: there is no teacher to cache")
     task = get_task(cfg.task)
     terms = build_terms(OmegaConf.to_container(cfg.loss, resolve=True) or {task.loss: {}})
-    taps, logits = cached_outputs(cfg, terms)
+    taps, logits, values = cached_outputs(cfg, terms)
     train_set, _ = task.build_datasets(cfg.data)
     teacher = build_model(cfg.teacher, train_set.num_classes).eval().requires_grad_(False)
     source = {
@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> None:
         "teacher": teacher,
         "taps": taps,
         "logits": logits,
-        "sections": fingerprint_sections(cfg, taps, logits),
+        "sections": fingerprint_sections(cfg, taps, logits, values),
+        "values": values,
     }
     out = args.out or f"runs/{Path(args.config).stem}-cache"
     if args.check:

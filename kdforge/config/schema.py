@@ -26,6 +26,7 @@ class DataConfig:
     num_workers: int = 4
     mixup_alpha: float = 0.0  # > 0: mixup with Beta(alpha, alpha), soft targets (CAKD: 0.2)
     repeated_aug: int = 1  # > 1: each image this many times per epoch (CAKD: 4)
+    group_by_aspect_ratio: bool = False  # batches of one orientation (mmdet's detection loaders)
     on_bad_sample: str = "error"  # error | skip an unreadable image (kdforge.data.bad_samples)
     options: dict[str, Any] = field(default_factory=dict)  # data-set specific, e.g. image_size
 

@@ -20,11 +20,16 @@ from kdforge.data.build import (
     build_segmentation_datasets,
 )
 from kdforge.data.cifar import CIFAR, write_fake_cifar
-from kdforge.data.decode import decode_image, decode_mask
+from kdforge.data.decode import decode_image, decode_image_cv, decode_mask
 from kdforge.data.digits import Digits
 from kdforge.data.imagefolder import IMAGE_EXTENSIONS, ImageFolder
 from kdforge.data.reduction import ReducedDataset, reduce_indices
-from kdforge.data.samplers import drop_last_needed, last_batch_size
+from kdforge.data.samplers import (
+    AspectRatioBatchSampler,
+    drop_last_needed,
+    last_batch_size,
+    portrait_flags,
+)
 from kdforge.data.transforms import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -54,6 +59,7 @@ __all__ = [
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
     "ON_BAD_SAMPLE",
+    "AspectRatioBatchSampler",
     "CenterCrop",
     "Compose",
     "DataProblems",
@@ -73,9 +79,11 @@ __all__ = [
     "build_datasets",
     "build_segmentation_datasets",
     "decode_image",
+    "decode_image_cv",
     "decode_mask",
     "drop_last_needed",
     "last_batch_size",
+    "portrait_flags",
     "reduce_indices",
     "skipped_samples",
     "write_fake_cifar",

@@ -1,47 +1,28 @@
-"""mmsegmentation's ``PhotoMetricDistortion`` on 8-bit RGB, with OpenCV's 8-bit HSV maths."""
+"""mmsegmentation's ``PhotoMetricDistortion`` on 8-bit RGB, with OpenCV's 8-bit HSV conversion."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
-from PIL import Image
+
+from kdforge.data.geometric import as_array
 
 __all__ = ["DistortionParams", "PhotoMetricDistortion", "hsv_to_rgb_u8", "rgb_to_hsv_u8"]
 
 
 def rgb_to_hsv_u8(rgb: np.ndarray) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB -> uint8 HSV as OpenCV's: H in 0..179 (degrees / 2), S, V 0..255."""
-    x = rgb.astype(np.float64)
-    v, vmin = x.max(-1), x.min(-1)
-    diff = v - vmin
-    s = np.where(v > 0, diff * 255.0 / np.maximum(v, 1.0), 0.0)
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    safe = np.maximum(diff, 1e-12)
-    h = np.where(
-        v == r, (g - b) / safe, np.where(v == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe)
-    )
-    h = np.where(diff > 0, h * 30.0, 0.0)  # sectors of 60 degrees = 30 units
-    h = np.round(h)
-    h = np.where(h < 0, h + 180.0, h)
-    out = np.stack([h % 180.0, np.round(s), v], -1)
-    return out.astype(np.uint8)
+    """``(H, W, 3)`` uint8 RGB -> uint8 HSV, OpenCV's ``RGB2HSV``: H in 0..179 (degrees / 2),
+    S, V 0..255 (mmcv's ``bgr2hsv`` on the same pixels in BGR order)."""
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV)
 
 
 def hsv_to_rgb_u8(hsv: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`rgb_to_hsv_u8` (OpenCV's ``HSV2RGB`` on 8 bits), rounded to uint8."""
-    h = hsv[..., 0].astype(np.float64) / 30.0  # sector 0..6
-    s, v = hsv[..., 1] / 255.0, hsv[..., 2].astype(np.float64)
-    sector = np.floor(h).astype(np.int64) % 6
-    f = h - np.floor(h)
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    table = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
-    rgb = np.zeros((*hsv.shape[:-1], 3))
-    for i, channels in enumerate(table):
-        rgb[sector == i] = np.stack(channels, -1)[sector == i]
-    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+    """Inverse of :func:`rgb_to_hsv_u8`: OpenCV's 8-bit ``HSV2RGB`` (mmcv's ``hsv2bgr``)."""
+    return cv2.cvtColor(np.ascontiguousarray(hsv), cv2.COLOR_HSV2RGB)
 
 
 def _convert(x: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
@@ -103,9 +84,9 @@ class PhotoMetricDistortion:
             contrast = self._uniform(*self.contrast_range)
         return DistortionParams(brightness, contrast_first, contrast, saturation, hue)
 
-    def apply(self, image: Image.Image, mask: Any, params: DistortionParams) -> tuple[Any, Any]:
-        """Distort ``image`` (RGB) with ``params``; ``mask`` passes through."""
-        img = np.asarray(image.convert("RGB"))
+    def apply(self, image: Any, mask: Any, params: DistortionParams) -> tuple[np.ndarray, Any]:
+        """Distort ``image`` (``(H, W, 3)`` uint8 RGB) with ``params``; ``mask`` passes through."""
+        img = as_array(image)
         if params.brightness is not None:
             img = _convert(img, beta=params.brightness)
         if params.contrast_first and params.contrast is not None:
@@ -120,9 +101,9 @@ class PhotoMetricDistortion:
             img = hsv_to_rgb_u8(hsv)
         if not params.contrast_first and params.contrast is not None:
             img = _convert(img, alpha=params.contrast)
-        return Image.fromarray(img), mask
+        return img, mask
 
-    def __call__(self, image: Image.Image, mask: Any) -> tuple[Any, Any]:
+    def __call__(self, image: Any, mask: Any) -> tuple[np.ndarray, Any]:
         return self.apply(image, mask, self.sample_params(image, mask))
 
     def __repr__(self) -> str:

@@ -67,7 +67,7 @@ def check_dataset(
         dataset: a kdforge data set, or a wrapper of one (``.dataset``). Data sets held in
             memory (CIFAR, digits) have nothing to decode: the report says so in a note.
         name: the split's name, for the progress bar and the report.
-        workers: decoding threads (Pillow decodes outside the GIL).
+        workers: decoding threads (Pillow and OpenCV decode outside the GIL).
         progress: show a tqdm progress bar (on stderr).
 
     Returns:

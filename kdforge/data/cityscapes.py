@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from kdforge.data.bad_samples import DataProblems, SampleError, SkipsBadSamples
 from kdforge.data.decode import (
     MASK_MODES,
-    decode_image,
+    decode_image_cv,
     decode_mask,
     mask_mode_problem,
     read_header,
@@ -132,8 +132,10 @@ class SegmentationFolder(SkipsBadSamples, Dataset):
     Args:
         image_dir: the image tree.
         mask_dir: the mask tree.
-        transform: ``t(image, mask) -> (image, mask)`` on PIL images (``seg_transforms``).
-            Without one, items are ``(uint8 (3, H, W), int64 (H, W))`` tensors.
+        transform: ``t(image, mask) -> (image, mask)`` on numpy arrays (``seg_transforms``):
+            an ``(H, W, 3)`` uint8 RGB image decoded with OpenCV as mmcv does, and an
+            ``(H, W)`` mask of class ids read with Pillow as mmsegmentation does. Without
+            one, items are ``(uint8 (3, H, W), int64 (H, W))`` tensors.
         classes: class names (index order); ``num_classes`` is their number.
         image_suffixes: file endings counted as images (case-insensitive).
         mask_suffix: the mask file ending.
@@ -150,7 +152,7 @@ class SegmentationFolder(SkipsBadSamples, Dataset):
         self,
         image_dir: str | Path,
         mask_dir: str | Path,
-        transform: Callable[[Image.Image, Image.Image], Any] | None = None,
+        transform: Callable[[np.ndarray, np.ndarray], Any] | None = None,
         classes: Sequence[str] = CITYSCAPES_CLASSES,
         image_suffixes: Sequence[str] = IMAGE_EXTENSIONS,
         mask_suffix: str = ".png",
@@ -225,16 +227,16 @@ class SegmentationFolder(SkipsBadSamples, Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def load(self, index: int) -> tuple[Image.Image, Image.Image]:
-        """Decode pair ``index`` as (RGB image, mask of class ids); an unreadable file, a
-        size mismatch or an id outside the classes raises a SampleError naming the file."""
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Decode pair ``index`` as ``((H, W, 3) uint8 RGB image, (H, W) class ids)``; an
+        unreadable file, a size mismatch or an id outside the classes raises a SampleError
+        naming the file."""
         image_path, mask_path = self.samples[index]
-        image = decode_image(image_path)
-        mask = decode_mask(mask_path, self.num_classes, self.ignore_index)
-        if image.size != mask.size:
-            raise SampleError(
-                _size_problem(image_path, image.size, mask_path, mask.size), image_path
-            )
+        image = decode_image_cv(image_path)
+        mask = np.asarray(decode_mask(mask_path, self.num_classes, self.ignore_index))
+        if image.shape[:2] != mask.shape:
+            size, mask_size = image.shape[1::-1], mask.shape[::-1]  # (w, h)
+            raise SampleError(_size_problem(image_path, size, mask_path, mask_size), image_path)
         return image, mask
 
     def sample_file(self, index: int) -> Path:
@@ -245,8 +247,8 @@ class SegmentationFolder(SkipsBadSamples, Dataset):
         _, (image, mask) = self._load_usable(index)  # under "skip", maybe another pair
         if self.transform is not None:
             return self.transform(image, mask)
-        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # (3, H, W) uint8
-        return tensor, torch.from_numpy(np.array(mask, dtype=np.int64))
+        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # (3, H, W)
+        return tensor, torch.from_numpy(mask.astype(np.int64))
 
     def __repr__(self) -> str:
         return (
@@ -267,7 +269,7 @@ class Cityscapes(SegmentationFolder):
         self,
         root: str | Path,
         split: str = "train",
-        transform: Callable[[Image.Image, Image.Image], Any] | None = None,
+        transform: Callable[[np.ndarray, np.ndarray], Any] | None = None,
         ignore_index: int = 255,
         on_bad_sample: str = "error",
     ) -> None:

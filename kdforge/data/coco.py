@@ -19,11 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from kdforge.data.bad_samples import DataProblems, DataWarning, SampleError, SkipsBadSamples
-from kdforge.data.decode import decode_image
+from kdforge.data.decode import decode_image_cv
 from kdforge.data.transforms import ToTensor
 from kdforge.errors import DataError
 
@@ -207,8 +206,9 @@ class CocoDetection(SkipsBadSamples, Dataset):
     Args:
         root: The image folder (``coco/val2017``).
         ann_file: The instances JSON (``coco/annotations/instances_val2017.json``).
-        transform: ``transform(pil_image, target) -> (image, target)``, e.g. from
-            ``kdforge.data.presets``. Without one the image is ``ToTensor()``'s CHW in [0, 1].
+        transform: ``transform(image, target) -> (image, target)`` on an ``(H, W, 3)`` uint8
+            RGB array decoded with OpenCV as mmcv does, e.g. from ``kdforge.data.presets``.
+            Without one the image is ``ToTensor()``'s CHW in [0, 1].
         filter_empty_gt: Drop images without annotations (mmdetection does so for training).
         min_size: Drop images whose shorter side is below this (mmdetection trains with 32).
         on_bad_sample: ``"error"`` or ``"skip"`` a missing, unreadable or wrongly sized image
@@ -229,7 +229,7 @@ class CocoDetection(SkipsBadSamples, Dataset):
         self,
         root: str | Path,
         ann_file: str | Path,
-        transform: Callable[[Image.Image, Target], tuple[Any, Target]] | None = None,
+        transform: Callable[[np.ndarray, Target], tuple[Any, Target]] | None = None,
         filter_empty_gt: bool = False,
         min_size: int = 0,
         on_bad_sample: str = "error",
@@ -322,15 +322,22 @@ class CocoDetection(SkipsBadSamples, Dataset):
         """Number of categories."""
         return len(self.cat_ids)
 
-    def load(self, index: int) -> Image.Image:
-        """Decode image ``index`` as RGB; a bad file or a size unlike the JSON's raises
-        :class:`~kdforge.data.bad_samples.SampleError` naming the file."""
+    def image_size(self, index: int) -> tuple[int, int]:
+        """``(width, height)`` of image ``index`` from the annotation file (no decoding)."""
+        info = self.images[index]
+        return info["width"], info["height"]
+
+    def load(self, index: int) -> np.ndarray:
+        """Decode image ``index`` as an ``(H, W, 3)`` uint8 RGB array with OpenCV
+        (:func:`~kdforge.data.decode.decode_image_cv`); a bad file or a size unlike the
+        JSON's raises :class:`~kdforge.data.bad_samples.SampleError` naming the file."""
         info = self.images[index]
         path = self.root / info["file_name"]
-        rgb = decode_image(path)
-        if rgb.size != (info["width"], info["height"]):
+        rgb = decode_image_cv(path)
+        height, width = rgb.shape[:2]
+        if (width, height) != (info["width"], info["height"]):
             raise SampleError(
-                f"image {str(path)!r} is {rgb.width}x{rgb.height} but {str(self.ann_file)!r} "
+                f"image {str(path)!r} is {width}x{height} but {str(self.ann_file)!r} "
                 f"says {info['width']}x{info['height']} (image id {info['id']}); fix the "
                 "entry's width and height, or the image",
                 path,

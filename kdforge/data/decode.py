@@ -1,11 +1,20 @@
-"""Decoding image and mask files with Pillow; every failure is a SampleError naming the file.
+"""Decoding image and mask files; every failure is a SampleError naming the file.
 
-Images become 8-bit RGB. Grey, palette, alpha, CMYK and other modes are converted;
+:func:`decode_image` (Pillow, for classification as torchvision) gives 8-bit RGB PIL images.
+:func:`decode_image_cv` decodes with OpenCV as mmcv's ``LoadImageFromFile`` does for the
+detection and segmentation pipelines (``cv2.imdecode``; BGR turned to RGB), as an ``(H, W, 3)``
+uint8 array. Masks are read with Pillow, as mmsegmentation's ``LoadAnnotations`` does.
+
+With Pillow, images become 8-bit RGB. Grey, palette, alpha, CMYK and other modes are converted;
 16-bit grey images (``I;16``, or ``I`` as older Pillow opens 16-bit PNGs) are scaled to
 0..255 (``round(v * 255 / 65535)``) instead of being clipped at 255; images Pillow holds as
-float (``F``) or 32-bit integers beyond 16 bits are refused. The EXIF orientation is not
-applied (nor do torchvision's and timm's loaders apply it): pixels are used as stored, and
-``kdforge check-data`` lists the images that carry a rotation.
+float (``F``) or 32-bit integers beyond 16 bits are refused. With OpenCV, the same files
+become RGB exactly as ``cv2.IMREAD_COLOR`` converts them (alpha dropped, grey and palettes
+expanded); 16-bit images are scaled as ``IMREAD_COLOR`` scales them (``v >> 8``, what mmcv
+feeds the model, within 1 of Pillow's rounding); float or 32-bit pixels are refused. Neither
+applies the EXIF orientation (nor do torchvision's and timm's loaders; COCO's boxes and
+sizes are those of the stored pixels): pixels are used as stored, and ``kdforge
+check-data`` lists the images that carry a rotation.
 
 Masks keep their class ids: ``L`` and ``P`` (palette indices) as they are, ``1`` as 0/1 and
 16-bit grey as integers (never scaled); every id must be a class (``0..K-1``) or the
@@ -17,6 +26,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -25,6 +35,7 @@ from kdforge.data.bad_samples import SampleError
 __all__ = [
     "MASK_MODES",
     "decode_image",
+    "decode_image_cv",
     "decode_mask",
     "exif_rotation",
     "mask_mode_problem",
@@ -147,6 +158,62 @@ def decode_image(path: str | Path) -> Image.Image:
     with _open(path, "image") as img:
         _load(img, path, "image")
         return _to_rgb(img, path)
+
+
+def _undecodable(path: Path) -> str:
+    """Why OpenCV could not decode ``path``, a file that exists and is not empty."""
+    if cv2.haveImageReader(str(path)):
+        return f"image {str(path)!r} is truncated or damaged (OpenCV cannot decode it); {_FIX}"
+    with path.open("rb") as f:
+        head = f.read(12)
+    return (
+        f"image {str(path)!r} is not an image OpenCV can read (it starts with {head!r}: a web "
+        f"page, a text file or an unsupported format saved under an image name?); {_FIX}"
+    )
+
+
+def _cv_to_rgb(array: np.ndarray, path: Path) -> np.ndarray:
+    """An ``IMREAD_UNCHANGED`` array -> ``(H, W, 3)`` uint8 RGB, as ``IMREAD_COLOR`` + BGR2RGB."""
+    if array.dtype == np.uint16:
+        array = (array >> 8).astype(np.uint8)  # OpenCV's own 16 -> 8 bit conversion
+    elif array.dtype != np.uint8:
+        kind = "floating-point" if array.dtype.kind == "f" else f"{array.dtype}"
+        raise SampleError(f"image {str(path)!r} holds {kind} pixels; save it as 8- or 16-bit", path)
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    codes = {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}
+    if channels not in codes:
+        raise SampleError(
+            f"image {str(path)!r} has {channels} channels; save it as grey, RGB or RGBA", path
+        )
+    return cv2.cvtColor(array if array.ndim == 3 else array[:, :, None], codes[channels])
+
+
+def decode_image_cv(path: str | Path) -> np.ndarray:
+    """Decode ``path`` with OpenCV as mmcv does, as an ``(H, W, 3)`` uint8 RGB array.
+
+    ``cv2.imdecode(..., IMREAD_UNCHANGED)``, then the conversions of ``IMREAD_COLOR`` (equal
+    to mmcv's ``'color'`` decode on 8-bit files, EXIF orientation aside: it is not applied, as
+    with Pillow) and BGR -> RGB (mmdetection's ``bgr_to_rgb``; the caffe-style normaliser
+    turns it back).
+
+    Raises:
+        SampleError: the file is missing, empty, not an image, truncated, or holds float or
+            32-bit pixels; the message names the file and the fix.
+    """
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise SampleError(_reason(path, exc, "image"), path) from exc
+    if data.size == 0:
+        raise SampleError(f"image {str(path)!r} is empty (0 bytes); {_FIX}", path)
+    try:
+        array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # stored depth, channels, orientation
+    except cv2.error:
+        array = None
+    if array is None:
+        raise SampleError(_undecodable(path), path)
+    return _cv_to_rgb(array, path)
 
 
 def mask_values_problem(

@@ -1,10 +1,11 @@
-"""Detection transforms on ``(PIL image, target)`` pairs, with mmdetection's box arithmetic.
+"""Detection transforms on ``(image, target)`` pairs, with mmdetection's box arithmetic.
 
-Each transform is called as ``t(image, target) -> (image, target)``; ``target`` is the dict of
-``CocoDetection``. As in ``kdforge.data.transforms``, randomness comes only from torch's global
-RNG and random transforms split into ``sample_params(image)`` and ``apply(image, target,
-params)``. Resizing uses Pillow's bilinear filter: equal to OpenCV's (mmcv's) when enlarging,
-antialiased when shrinking.
+Each transform is called as ``t(image, target) -> (image, target)``; ``image`` is an
+``(H, W, 3)`` uint8 RGB array (as ``CocoDetection`` decodes it; a PIL image is accepted and
+converted) and ``target`` the dict of ``CocoDetection``. As in ``kdforge.data.transforms``,
+randomness comes only from torch's global RNG and random transforms split into
+``sample_params(image)`` and ``apply(image, target, params)``. Resizing is mmcv's: OpenCV
+bilinear without antialiasing (:mod:`kdforge.data.geometric`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+
+from kdforge.data.geometric import as_array, hflip, imresize, rescale_size
 
 __all__ = [
     "CAFFE_MEAN",
@@ -38,16 +40,6 @@ CAFFE_MEAN = (102.9801, 115.9465, 122.7717)  # BGR, 0-255, std 1 (Detectron's ca
 
 Target = dict[str, Any]
 Scale = tuple[int, int]
-
-
-def rescale_size(width: int, height: int, scale: Scale) -> tuple[int, int]:
-    """mmcv's keep-ratio rule: the largest size with long side <= max(scale), short <= min(scale).
-
-    Returns:
-        ``(new_width, new_height)``, each ``int(side * factor + 0.5)``.
-    """
-    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
-    return int(width * factor + 0.5), int(height * factor + 0.5)
 
 
 def _hflip(boxes: torch.Tensor, width: int) -> torch.Tensor:
@@ -80,10 +72,12 @@ class DetResize:
     def __init__(self, scale: Scale = (1333, 800)) -> None:
         self.scale = (int(scale[0]), int(scale[1]))
 
-    def apply(self, image: Image.Image, target: Target, scale: Scale) -> tuple[Image.Image, Target]:
-        """Resize ``image`` and its boxes to fit ``scale``."""
-        new_w, new_h = rescale_size(image.width, image.height, scale)
-        w_scale, h_scale = new_w / image.width, new_h / image.height
+    def apply(self, image: Any, target: Target, scale: Scale) -> tuple[np.ndarray, Target]:
+        """Resize ``image`` (bilinear, ``cv2.resize``) and its boxes to fit ``scale``."""
+        image = as_array(image)
+        height, width = image.shape[:2]
+        new_w, new_h = rescale_size(width, height, scale)
+        w_scale, h_scale = new_w / width, new_h / height
         factor = torch.tensor([w_scale, h_scale, w_scale, h_scale])
         target = dict(target)
         for key in ("boxes", "ignore_boxes"):
@@ -93,9 +87,9 @@ class DetResize:
             target[key] = boxes
         old_w, old_h = target["scale_factor"]
         target.update(img_shape=(new_h, new_w), scale_factor=(old_w * w_scale, old_h * h_scale))
-        return image.resize((new_w, new_h), Image.Resampling.BILINEAR), target
+        return imresize(image, (new_w, new_h), "bilinear"), target
 
-    def __call__(self, image: Image.Image, target: Target) -> tuple[Image.Image, Target]:
+    def __call__(self, image: Any, target: Target) -> tuple[np.ndarray, Target]:
         return self.apply(image, target, self.scale)
 
     def __repr__(self) -> str:
@@ -120,7 +114,7 @@ class DetRandomResize(DetResize):
         self.scales = [(int(s[0]), int(s[1])) for s in scales]
         self.mode = mode
 
-    def sample_params(self, image: Image.Image | None = None) -> Scale:
+    def sample_params(self, image: Any = None) -> Scale:
         """Draw the ``(long, short)`` scale; ``image`` is unused (a uniform signature)."""
         if self.mode == "value":
             return self.scales[int(torch.randint(len(self.scales), (1,)).item())]
@@ -129,7 +123,7 @@ class DetRandomResize(DetResize):
         short = int(torch.randint(min(shorts), max(shorts) + 1, (1,)).item())
         return long, short
 
-    def __call__(self, image: Image.Image, target: Target) -> tuple[Image.Image, Target]:
+    def __call__(self, image: Any, target: Target) -> tuple[np.ndarray, Target]:
         return self.apply(image, target, self.sample_params(image))
 
     def __repr__(self) -> str:
@@ -142,20 +136,21 @@ class DetRandomFlip:
     def __init__(self, p: float = 0.5) -> None:
         self.p = p
 
-    def sample_params(self, image: Image.Image | None = None) -> bool:
+    def sample_params(self, image: Any = None) -> bool:
         """Draw whether to flip; ``image`` is unused (a uniform signature)."""
         return bool(torch.rand(1).item() < self.p)
 
-    def apply(self, image: Image.Image, target: Target, flip: bool) -> tuple[Image.Image, Target]:
+    def apply(self, image: Any, target: Target, flip: bool) -> tuple[Any, Target]:
         """Mirror ``image`` and its boxes if ``flip``."""
         if not flip:
             return image, target
+        image = as_array(image)
         target = dict(target, flip=not target["flip"])
         for key in ("boxes", "ignore_boxes"):
-            target[key] = _hflip(target[key], image.width)
-        return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), target
+            target[key] = _hflip(target[key], image.shape[1])
+        return hflip(image), target
 
-    def __call__(self, image: Image.Image, target: Target) -> tuple[Image.Image, Target]:
+    def __call__(self, image: Any, target: Target) -> tuple[Any, Target]:
         return self.apply(image, target, self.sample_params(image))
 
     def __repr__(self) -> str:
@@ -163,11 +158,12 @@ class DetRandomFlip:
 
 
 class DetNormalize:
-    """RGB PIL image -> ``(3, H, W)`` float tensor ``(pixel - mean) / std`` in 0-255 units.
+    """RGB image -> ``(3, H, W)`` float tensor ``(pixel - mean) / std`` in 0-255 units.
 
-    Pillow decodes RGB, so this equals mmdetection's ``Normalize(..., to_rgb=True)`` on its BGR
-    loads; ``to_bgr=True`` reverses the channels first (``to_rgb=False``, the caffe-style
-    backbones: ``DetNormalize(CAFFE_MEAN, (1, 1, 1), to_bgr=True)``).
+    Images arrive RGB (``decode_image_cv`` turns OpenCV's BGR around), so this equals
+    mmdetection's ``bgr_to_rgb=True`` normalisation of its BGR loads; ``to_bgr=True`` reverses
+    the channels first (``bgr_to_rgb=False``, the caffe-style backbones:
+    ``DetNormalize(CAFFE_MEAN, (1, 1, 1), to_bgr=True)``).
     """
 
     def __init__(
@@ -180,8 +176,10 @@ class DetNormalize:
         self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
         self.to_bgr = to_bgr
 
-    def __call__(self, image: Image.Image, target: Target) -> tuple[torch.Tensor, Target]:
-        array = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
+    def __call__(self, image: Any, target: Target) -> tuple[torch.Tensor, Target]:
+        array = as_array(image).astype(np.float32)  # (H, W, 3)
+        if array.ndim == 2:  # grey: replicated, as OpenCV's IMREAD_COLOR does
+            array = np.repeat(array[:, :, None], 3, axis=2)
         tensor = torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W)
         if self.to_bgr:
             tensor = tensor.flip(0)

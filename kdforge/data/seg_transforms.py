@@ -1,12 +1,14 @@
-"""Segmentation transforms on ``(PIL image, PIL mask)`` pairs, following mmsegmentation's.
+"""Segmentation transforms on ``(image, mask)`` pairs, following mmsegmentation's.
 
-Each transform is called as ``t(image, mask) -> (image, mask)``. As in
-``kdforge.data.transforms``, randomness comes only from torch's global RNG and every random
-transform splits into ``sample_params(image, mask)`` and ``apply(image, mask, params)``.
-Images are resized with Pillow's bilinear filter (equal to OpenCV's when enlarging,
-antialiased when shrinking), masks with nearest neighbour. The photometric distortion
-works on 8-bit RGB with OpenCV's 8-bit HSV conventions (hue 0..179), truncating to uint8
-after every step as mmsegmentation does; it lives in ``_photometric.py``.
+Each transform is called as ``t(image, mask) -> (image, mask)``: an ``(H, W, 3)`` uint8 RGB
+array and an ``(H, W)`` array of class ids (as ``SegmentationFolder`` loads them; PIL
+images are accepted and converted). As in ``kdforge.data.transforms``, randomness comes only
+from torch's global RNG and every random transform splits into ``sample_params(image,
+mask)`` and ``apply(image, mask, params)``. Resizing is mmcv's (:mod:`kdforge.data.geometric`):
+images with OpenCV bilinear (no antialiasing when shrinking), masks with OpenCV nearest.
+The photometric distortion works on 8-bit RGB with OpenCV's 8-bit HSV conversion (hue
+0..179), truncating to uint8 after every step as mmsegmentation does; it lives in
+``_photometric.py``.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from kdforge.data._photometric import PhotoMetricDistortion
-from kdforge.data.det_transforms import DETECTION_MEAN, DETECTION_STD, rescale_size
+from kdforge.data.det_transforms import DETECTION_MEAN, DETECTION_STD
+from kdforge.data.geometric import as_array, hflip, imresize, rescale_size
 
 __all__ = [
     "SEG_MEAN",
@@ -65,21 +67,20 @@ class SegRandomResize:
     ) -> None:
         self.scale, self.ratio_range = (int(scale[0]), int(scale[1])), tuple(ratio_range)
 
-    def sample_params(self, image: Image.Image | None = None, mask: Any = None) -> float:
+    def sample_params(self, image: Any = None, mask: Any = None) -> float:
         """Draw the ratio; ``image`` and ``mask`` are unused (a uniform signature)."""
         low, high = self.ratio_range
         return low + float(torch.rand(1).item()) * (high - low)
 
-    def apply(self, image: Image.Image, mask: Image.Image, ratio: float) -> Pair:
-        """Resize both to fit ``(int(scale[0] · ratio), int(scale[1] · ratio))``."""
+    def apply(self, image: Any, mask: Any, ratio: float) -> Pair:
+        """Resize both to fit ``(int(scale[0] · ratio), int(scale[1] · ratio))``: the image
+        bilinear, the mask nearest (``mmcv.imrescale``)."""
+        image, mask = as_array(image), as_array(mask)
         scale = (int(self.scale[0] * ratio), int(self.scale[1] * ratio))
-        size = rescale_size(image.width, image.height, scale)  # (w, h)
-        return (
-            image.resize(size, Image.Resampling.BILINEAR),
-            mask.resize(size, Image.Resampling.NEAREST),
-        )
+        size = rescale_size(image.shape[1], image.shape[0], scale)  # (w, h)
+        return imresize(image, size, "bilinear"), imresize(mask, size, "nearest")
 
-    def __call__(self, image: Image.Image, mask: Image.Image) -> Pair:
+    def __call__(self, image: Any, mask: Any) -> Pair:
         return self.apply(image, mask, self.sample_params(image, mask))
 
     def __repr__(self) -> str:
@@ -115,29 +116,27 @@ class SegRandomCrop:
         counts = counts[values != self.ignore_index]
         return len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio
 
-    def sample_params(self, image: Image.Image, mask: Image.Image) -> tuple[int, int]:
+    def sample_params(self, image: Any, mask: Any) -> tuple[int, int]:
         """Draw ``(top, left)`` of the crop, following the category-max-ratio rule."""
-        top, left = self._draw(image.height, image.width)
+        height, width = as_array(image).shape[:2]
+        top, left = self._draw(height, width)
         if self.cat_max_ratio < 1.0:
-            labels = np.asarray(mask)
+            labels = as_array(mask)
             for _ in range(10):
                 if self._accepts(labels, top, left):
                     break
-                top, left = self._draw(image.height, image.width)
+                top, left = self._draw(height, width)
         return top, left
 
-    def apply(self, image: Image.Image, mask: Image.Image, params: tuple[int, int]) -> Pair:
-        """Crop both at ``params = (top, left)``."""
+    def apply(self, image: Any, mask: Any, params: tuple[int, int]) -> Pair:
+        """Crop both at ``params = (top, left)`` (an image smaller than the crop keeps
+        that side whole)."""
         top, left = params
-        box = (
-            left,
-            top,
-            min(left + self.crop_size[1], image.width),
-            min(top + self.crop_size[0], image.height),
-        )
-        return image.crop(box), mask.crop(box)
+        rows = slice(top, top + self.crop_size[0])
+        cols = slice(left, left + self.crop_size[1])
+        return as_array(image)[rows, cols], as_array(mask)[rows, cols]
 
-    def __call__(self, image: Image.Image, mask: Image.Image) -> Pair:
+    def __call__(self, image: Any, mask: Any) -> Pair:
         return self.apply(image, mask, self.sample_params(image, mask))
 
     def __repr__(self) -> str:
@@ -154,14 +153,13 @@ class SegRandomFlip:
         """Draw whether to flip; ``image`` and ``mask`` are unused (a uniform signature)."""
         return bool(torch.rand(1).item() < self.p)
 
-    def apply(self, image: Image.Image, mask: Image.Image, flip: bool) -> Pair:
+    def apply(self, image: Any, mask: Any, flip: bool) -> Pair:
         """Mirror both if ``flip``."""
         if not flip:
             return image, mask
-        flip_lr = Image.Transpose.FLIP_LEFT_RIGHT
-        return image.transpose(flip_lr), mask.transpose(flip_lr)
+        return hflip(as_array(image)), hflip(as_array(mask))
 
-    def __call__(self, image: Image.Image, mask: Image.Image) -> Pair:
+    def __call__(self, image: Any, mask: Any) -> Pair:
         return self.apply(image, mask, self.sample_params(image, mask))
 
     def __repr__(self) -> str:
@@ -169,16 +167,18 @@ class SegRandomFlip:
 
 
 class SegNormalize:
-    """RGB PIL image -> ``(3, H, W)`` float ``(pixel - mean) / std``; mask -> ``(H, W)`` int64."""
+    """RGB image -> ``(3, H, W)`` float ``(pixel - mean) / std``; mask -> ``(H, W)`` int64."""
 
     def __init__(self, mean: Sequence[float] = SEG_MEAN, std: Sequence[float] = SEG_STD) -> None:
         self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
 
-    def __call__(self, image: Image.Image, mask: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-        array = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
+    def __call__(self, image: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        array = as_array(image).astype(np.float32)  # (H, W, 3)
+        if array.ndim == 2:  # grey: replicated, as OpenCV's IMREAD_COLOR does
+            array = np.repeat(array[:, :, None], 3, axis=2)
         tensor = torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W)
-        labels = torch.from_numpy(np.array(mask, dtype=np.int64))  # (H, W)
+        labels = torch.from_numpy(as_array(mask).astype(np.int64))  # (H, W)
         return (tensor - self.mean) / self.std, labels
 
     def __repr__(self) -> str:

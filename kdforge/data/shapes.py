@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +152,7 @@ def write_shapes_dataset(
     root: str | Path,
     num_train: int = 200,
     num_val: int = 50,
-    image_size: tuple[int, int] = (128, 128),
+    image_size: tuple[int, int] | Sequence[tuple[int, int]] = (128, 128),
     seed: int = 0,
     max_objects: int = 6,
     crowd_prob: float = 0.1,
@@ -162,7 +163,9 @@ def write_shapes_dataset(
         root: Output folder; created if missing, existing files of the same names replaced.
         num_train: Training images.
         num_val: Validation images.
-        image_size: ``(height, width)`` of every image.
+        image_size: ``(height, width)`` of every image, or a list of them that the images
+            take in turn (image ``i`` of a split gets ``image_size[i % len(image_size)]``):
+            portrait and landscape sizes make a set of mixed orientations, as COCO's.
         seed: Seed of everything drawn; the same seed writes the same files.
         max_objects: Each image gets between 1 and this many shapes (before occlusion).
         crowd_prob: Probability that an image also holds one ``iscrowd=1`` cluster.
@@ -171,8 +174,9 @@ def write_shapes_dataset(
         ``root`` as a ``Path``; read it with ``kdforge.data.coco.build_coco_datasets(root,
         "train", "val")`` or ``CocoDetection``.
     """
-    height, width = image_size
-    if min(height, width) < 16 or max_objects < 1 or num_train < 0 or num_val < 0:
+    sizes = [image_size] if isinstance(image_size[0], int) else list(image_size)
+    sizes = [(int(h), int(w)) for h, w in sizes]
+    if not sizes or min(map(min, sizes)) < 16 or max_objects < 1 or min(num_train, num_val) < 0:
         raise ValueError(
             f"need image_size >= 16 px per side, max_objects >= 1 and non-negative counts; "
             f"got image_size={image_size}, max_objects={max_objects}, "
@@ -189,6 +193,7 @@ def write_shapes_dataset(
         images, annotations = [], []
         for index in range(count):
             rng = np.random.default_rng([seed, split_index, index])
+            height, width = sizes[index % len(sizes)]
             rgb, instances, semantic = _render(rng, height, width, max_objects, crowd_prob)
             image_id, name = index + 1, f"{index + 1:06d}.png"
             Image.fromarray(rgb).save(root / split / name, compress_level=1)

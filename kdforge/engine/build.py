@@ -24,7 +24,13 @@ from kdforge.cache.replay import ReplayDataset, replay_collate
 from kdforge.cache.writer import cached_outputs
 from kdforge.config import check_resume, save_config
 from kdforge.data.mixing import MixupCollate
-from kdforge.data.samplers import RepeatedAugSampler, ShardSampler, drop_last_needed
+from kdforge.data.samplers import (
+    AspectRatioBatchSampler,
+    RepeatedAugSampler,
+    ShardSampler,
+    drop_last_needed,
+    portrait_flags,
+)
 from kdforge.distiller import Distiller
 from kdforge.engine import hooks as H
 from kdforge.engine._specs import kwargs_error, user_hook
@@ -111,13 +117,23 @@ def build_data(
     if mixup > 0 and task.collate is not None:
         raise ConfigError("data.mixup_alpha applies to classification only; set it to 0")
     collate = MixupCollate(train_set.num_classes, mixup) if mixup > 0 else task.collate
+    drop_last = drop_last_needed(len(train_sampler), data_cfg.batch_size)  # no batch of 1
+    batching: dict[str, Any] = {
+        "batch_size": data_cfg.batch_size,
+        "sampler": train_sampler,
+        "drop_last": drop_last,
+    }
+    if data_cfg.group_by_aspect_ratio:  # one orientation per batch (mmdetection)
+        portrait = portrait_flags(train_set)
+        batch_sampler = AspectRatioBatchSampler(
+            train_sampler, portrait, data_cfg.batch_size, drop_last
+        )
+        batching = {"batch_sampler": batch_sampler}
     train = DataLoader(
         train_set,
-        batch_size=data_cfg.batch_size,
-        sampler=train_sampler,
+        **batching,
         num_workers=data_cfg.num_workers,
         pin_memory=pin,
-        drop_last=drop_last_needed(len(train_sampler), data_cfg.batch_size),  # no batch of 1
         generator=torch.Generator(),
         collate_fn=replay_collate if cache is not None else collate,
     )

@@ -245,6 +245,7 @@ class Trainer:
         seed_everything(seed)
         for source in (
             getattr(self.train_loader, "sampler", None),
+            getattr(self.train_loader, "batch_sampler", None),  # e.g. aspect-ratio grouping
             getattr(self.train_loader, "dataset", None),
         ):
             if hasattr(source, "set_epoch"):  # a distributed sampler; a teacher cache's replay

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,13 +100,63 @@ class LossTerm(nn.Module):
         (e.g. a classifier's matrix for class activation maps) or run their parts.
 
         Keep them out of the module tree (e.g. in a tuple), so they are neither trained
-        nor saved twice.
+        nor saved twice. A term with :meth:`teacher_values` is also attached to one side
+        only: ``(student, None)`` in a run from a teacher cache, ``(None, teacher)`` by the
+        cache writer.
         """
 
     def build(
         self, student_shapes: dict[str, ShapeTree], teacher_shapes: dict[str, ShapeTree]
     ) -> None:
         """Check the probed shapes (``{path: shape}``) and create learnable parts from them."""
+
+    def teacher_values(self, teacher_features: dict[str, Any]) -> dict[str, Tensor]:
+        """What the term reads from the teacher, per sample, computed from the teacher's
+        tapped features (as in ``batch.teacher_features``) and the weights ``attach`` kept:
+        ``{name: (N, ...) tensor}``.
+
+        A term that reads the teacher's weights (e.g. CAT-KD's CAMs) can train from a teacher
+        cache (:mod:`kdforge.cache`) by overriding this and :meth:`teacher_value_settings`
+        and reading the teacher in ``forward`` only through :meth:`read_teacher_values`. The
+        cache writer calls ``attach(None, teacher)`` and stores these values (as
+        :meth:`stored_teacher_values` names them); a run from the cache calls
+        ``attach(student, None)`` and finds them in ``batch.teacher_features``. Live, stored
+        and checked values thus all come from this one method. Not overridden: the term
+        gives no such values (a cache holds its teacher output and taps, if that is all it
+        reads).
+        """
+        raise NotImplementedError(f"{type(self).__name__} defines no teacher values")
+
+    def teacher_value_settings(self) -> dict[str, Any]:
+        """The term's settings that change :meth:`teacher_values` (JSON values, fixed at
+        construction); a teacher cache's fingerprint covers them."""
+        return {}
+
+    @property
+    def has_teacher_values(self) -> bool:
+        """Whether the term overrides :meth:`teacher_values` (a cache stores those values)."""
+        return type(self).teacher_values is not LossTerm.teacher_values
+
+    @property
+    def teacher_values_key(self) -> str:
+        """``<TermClass>-<hash of teacher_value_settings>``: terms that would store the same
+        values share it; stored values are named ``<key>/<name>``."""
+        settings = json.dumps(self.teacher_value_settings(), sort_keys=True).encode()
+        return f"{type(self).__name__}-{hashlib.sha256(settings).hexdigest()[:12]}"
+
+    def stored_teacher_values(self, teacher_features: dict[str, Any]) -> dict[str, Tensor]:
+        """:meth:`teacher_values` named as a replayed batch carries them: ``{key/name: value}``."""
+        key = self.teacher_values_key
+        return {f"{key}/{n}": v for n, v in self.teacher_values(teacher_features).items()}
+
+    def read_teacher_values(self, teacher_features: dict[str, Any]) -> dict[str, Tensor]:
+        """The stored values when the batch carries them (a teacher cache), else
+        :meth:`teacher_values` computed from the live teacher's features."""
+        prefix = f"{self.teacher_values_key}/"
+        stored = {
+            k.removeprefix(prefix): v for k, v in teacher_features.items() if k.startswith(prefix)
+        }
+        return stored or self.teacher_values(teacher_features)
 
     def extra_repr(self) -> str:
         return f"weight={self.weight:g}"

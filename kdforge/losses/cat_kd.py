@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdforge.losses._cat_kd_heads import OFFICIAL_HEAD_INIT, init_cam_head, official_head_init
 from kdforge.losses._checks import check_choice
 from kdforge.losses.base import DistillBatch, LossTerm
-from kdforge.models import cifar, imagenet
-from kdforge.models.cifar import resnet as cifar_resnet
-from kdforge.models.cifar import resnetv2 as cifar_resnetv2
 from kdforge.taps import unwrap_model
 
 __all__ = [
@@ -27,27 +25,6 @@ __all__ = [
     "select_partial_cams",
 ]
 
-# How the official ``*_test`` twin of a zoo model starts its bias-free 1×1 ``conv_test``
-# (K classes × C features; CAT-KD ``mdistiller/models/{cifar,imagenet}/*.py``):
-# "normal": N(0, 2/K). conv_test is created before the model's init loop, which draws every
-#   Conv2d from kaiming_normal_(fan_out, relu) (CIFAR resnet.py, resnetv2.py) or
-#   normal_(0, √(2/(k·k·out))) (wrn.py, CIFAR mobilenetv2.py, ImageNet resnet.py): for a 1×1
-#   conv both are N(0, 2/K).
-# "default": PyTorch's Conv2d init, kaiming_uniform_(a=√5) = U(±1/√C). conv_test is created
-#   after the loop (vgg.py) or the model has no loop (ShuffleNetv1/v2.py, ImageNet
-#   mobilenetv2.py, which is a MobileNetV1).
-# Zoo models without an official twin (ImageNet mobilenet_v2, user models) are left alone.
-OFFICIAL_HEAD_INIT: dict[type[nn.Module], str] = {
-    cifar_resnet.ResNet: "normal",
-    cifar_resnetv2.ResNet: "normal",
-    cifar.WideResNet: "normal",
-    cifar.MobileNetV2: "normal",
-    imagenet.ResNet: "normal",
-    cifar.VGG: "default",
-    cifar.ShuffleNet: "default",
-    cifar.ShuffleNetV2: "default",
-    imagenet.MobileNetV1: "default",
-}
 STUDENT_INITS = ("official", "keep")
 
 
@@ -126,25 +103,6 @@ def select_partial_cams(
     return student, teacher
 
 
-def official_head_init(model: nn.Module) -> str | None:
-    """``"normal"`` or ``"default"``: how the official ``*_test`` twin of ``model`` initialises
-    its CAM head (:data:`OFFICIAL_HEAD_INIT`); None for a model without one."""
-    model = unwrap_model(model)
-    return next((v for cls, v in OFFICIAL_HEAD_INIT.items() if isinstance(model, cls)), None)
-
-
-def init_cam_head(weight: Tensor, scheme: str) -> None:
-    """Redraw a ``(K, C)`` classifier weight as the official bias-free 1×1 conv's, in place,
-    from the global RNG: ``"normal"`` N(0, 2/K), ``"default"`` U(±1/√C) (PyTorch's Conv2d
-    init; a 1×1 conv's fan-in is C, as the linear layer's)."""
-    check_choice("scheme", scheme, ("normal", "default"))
-    with torch.no_grad():
-        if scheme == "normal":
-            weight.normal_(0.0, math.sqrt(2.0 / weight.shape[0]))
-        else:
-            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
-
-
 def cam_paths(
     model: nn.Module, layer: str | None = None, classifier: str | None = None, role: str = "model"
 ) -> tuple[str, str]:
@@ -195,6 +153,11 @@ class CATKDLoss(LossTerm):
     ``student_init="official"`` (default) the zoo student's linear weight is redrawn so when
     the term is attached (global RNG, hence fixed by the seed); the zoo's own
     initialisation differs (VGG, CIFAR MobileNetV2: N(0, 0.01); ResNet, WRN: PyTorch's).
+
+    The teacher is read only through :meth:`teacher_values`: its CAMs pooled to R×R (after
+    binarising) and, with ``num_cams``, its bias-free logits. Pooling is per (sample, class),
+    so selecting classes after it equals selecting before. A teacher cache stores these
+    values (K·R² + K numbers per sample), and a run from it never builds the teacher.
 
     Official defaults (``mdistiller/engine/cfg.py``): β 400, R 2, normalize True, no
     binarisation, all CAMs; per pair β runs from 0.7 to 600 (see the recipes). CE is a
@@ -254,7 +217,12 @@ class CATKDLoss(LossTerm):
         self.student_init = student_init
         self.student_layer, self.teacher_layer = student_layer, teacher_layer
         self.student_classifier, self.teacher_classifier = student_classifier, teacher_classifier
-        self._linears: tuple[nn.Module, nn.Module] | None = None  # outside the module tree
+        self._given_teacher = {
+            "teacher_layer": teacher_layer,
+            "teacher_classifier": teacher_classifier,
+        }
+        # (student head, teacher head or None with a cached teacher); outside the module tree
+        self._linears: tuple[nn.Module | None, nn.Module | None] | None = None
 
     @property
     def student_taps(self) -> list[str]:
@@ -262,6 +230,8 @@ class CATKDLoss(LossTerm):
 
     @property
     def teacher_taps(self) -> list[str]:
+        if self._linears is not None and self._linears[1] is None:
+            return []  # a cached teacher: its stored values replace the tap
         return [self._attached(self.teacher_layer)]
 
     def _attached(self, path: str | None) -> str:
@@ -269,18 +239,27 @@ class CATKDLoss(LossTerm):
             raise RuntimeError("cat_kd: attach(student, teacher) must run first")
         return path
 
-    def attach(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        if teacher is None:
-            raise ValueError("cat_kd needs a teacher")
-        self.student_layer, self.student_classifier = cam_paths(
-            student, self.student_layer, self.student_classifier, "student"
-        )
-        self.teacher_layer, self.teacher_classifier = cam_paths(
-            teacher, self.teacher_layer, self.teacher_classifier, "teacher"
-        )
-        head_s = unwrap_model(student).get_submodule(self.student_classifier)
-        head_t = unwrap_model(teacher).get_submodule(self.teacher_classifier)
+    def attach(self, student: nn.Module | None, teacher: nn.Module | None) -> None:
+        """Both models; ``(student, None)`` from a teacher cache; ``(None, teacher)`` in the
+        cache writer (only :meth:`teacher_values` is used then)."""
+        if student is None and teacher is None:
+            raise ValueError("cat_kd needs a student or a teacher")
+        head_s = head_t = None
+        if student is not None:
+            self.student_layer, self.student_classifier = cam_paths(
+                student, self.student_layer, self.student_classifier, "student"
+            )
+        if teacher is not None:
+            self.teacher_layer, self.teacher_classifier = cam_paths(
+                teacher, self.teacher_layer, self.teacher_classifier, "teacher"
+            )
+            head_t = unwrap_model(teacher).get_submodule(self.teacher_classifier)
+        if student is not None:
+            head_s = unwrap_model(student).get_submodule(self.student_classifier)
+            self._init_student_head(student, head_s)
         self._linears = (head_s, head_t)
+
+    def _init_student_head(self, student: nn.Module, head_s: nn.Module) -> None:
         scheme = official_head_init(student) if self.student_init == "official" else None
         if scheme is not None:
             init_cam_head(head_s.weight, scheme)
@@ -299,6 +278,9 @@ class CATKDLoss(LossTerm):
             self._linears,
             strict=True,
         ):
+            if head is None:  # a cached teacher: its pooled CAMs come with the batch
+                classes.append(self._cached_classes(teacher_shapes))
+                continue
             shape, (k, c) = shapes[layer], head.weight.shape
             if not isinstance(shape, torch.Size) or len(shape) != 4 or shape[1] != c:
                 raise ValueError(
@@ -319,15 +301,51 @@ class CATKDLoss(LossTerm):
                 f"{self.strategy} allows with {classes[0]} classes"
             )
 
-    def forward(self, batch: DistillBatch) -> Tensor:
-        head_s, head_t = self._linears
-        cam_s = class_activation_map(batch.student_features[self.student_layer], head_s.weight)
-        with torch.no_grad():
-            cam_t = class_activation_map(batch.teacher_features[self.teacher_layer], head_t.weight)
-            logits_t = cam_t.mean(dim=(2, 3))  # the official teacher's bias-free logits
-            if self.binarize:
-                cam_t = binarize_cam(cam_t)
+    def _cached_classes(self, teacher_shapes) -> int:
+        """K of the stored pooled CAMs, checked to be ``(N, K, R, R)``."""
+        r = self.resolution
+        shape = teacher_shapes.get(f"{self.teacher_values_key}/cam")
+        if not isinstance(shape, torch.Size) or len(shape) != 4 or tuple(shape[2:]) != (r, r):
+            raise ValueError(
+                f"cat_kd: no teacher was attached and the batch holds no pooled {r}x{r} teacher "
+                f"CAMs for these settings ({self.teacher_value_settings()}); got {shape}"
+            )
+        return shape[1]
+
+    def teacher_value_settings(self) -> dict[str, Any]:
+        """What the stored values depend on (the layers as the recipe gives them); ``weight``,
+        ``normalize``, ``num_cams`` and ``strategy`` act on them at training time."""
+        settings = {"resolution": self.resolution, "binarize": self.binarize}
+        return {**self._given_teacher, **settings, "logits": self.num_cams is not None}
+
+    def teacher_values(self, teacher_features: dict[str, Any]) -> dict[str, Tensor]:
+        """``{"cam": (N, K, R, R)}``: the teacher's CAMs (binarised first if asked) pooled to
+        R×R; with ``num_cams`` also ``"logits"``: (N, K) bias-free logits ``CAM.mean``,
+        taken before binarising, that rank the classes."""
+        head_t = self._linears[1] if self._linears is not None else None
+        if head_t is None:
+            raise RuntimeError(
+                "cat_kd: no teacher was attached, and the batch holds no stored teacher values "
+                f"{self.teacher_values_key} (train from a cache written for these settings)"
+            )
+        cam_t = class_activation_map(teacher_features[self.teacher_layer], head_t.weight)
+        values: dict[str, Tensor] = {}
         if self.num_cams is not None:
+            values["logits"] = cam_t.mean(dim=(2, 3))  # the official teacher's bias-free logits
+        if self.binarize:
+            cam_t = binarize_cam(cam_t)
+        size = (self.resolution, self.resolution)
+        values["cam"] = F.adaptive_avg_pool2d(cam_t, size)  # (N, K, h, w) -> (N, K, R, R)
+        return values
+
+    def forward(self, batch: DistillBatch) -> Tensor:
+        head_s = self._linears[0]
+        cam_s = class_activation_map(batch.student_features[self.student_layer], head_s.weight)
+        with torch.no_grad():  # stored (a teacher cache) or computed from the live teacher
+            teacher = self.read_teacher_values(batch.teacher_features)
+        cam_t = teacher["cam"]  # (N, K, R, R): pooling it again in cat_kd_loss is the identity
+        if self.num_cams is not None:
+            logits_t = teacher["logits"]
             cam_s, cam_t = select_partial_cams(cam_s, cam_t, logits_t, self.num_cams, self.strategy)
         return self.weight * cat_kd_loss(cam_s, cam_t, self.resolution, self.normalize)
 

@@ -52,16 +52,17 @@ def cfg(tiny_overrides, tmp_path):
 def _source(cfg) -> dict:
     """What the writer takes, built from a recipe as ``kdforge cache-teacher`` builds it."""
     terms = build_terms(OmegaConf.to_container(cfg.loss, resolve=True))
-    taps, logits = cached_outputs(cfg, terms)
+    taps, logits, values = cached_outputs(cfg, terms)
     train_set, _ = get_task(cfg.task).build_datasets(cfg.data)
     teacher = build_model(cfg.teacher, train_set.num_classes).eval().requires_grad_(False)
-    sections = fingerprint_sections(cfg, taps, logits)
+    sections = fingerprint_sections(cfg, taps, logits, values)
     return {
         "train_set": train_set,
         "teacher": teacher,
         "taps": taps,
         "logits": logits,
         "sections": sections,
+        "values": values,
     }
 
 
@@ -156,8 +157,8 @@ def test_a_cache_of_another_recipe_or_too_few_epochs_is_refused(cfg, cache_dir) 
 
 
 def test_terms_that_need_the_teacher_model_are_refused(cfg, tmp_path) -> None:
-    cfg.loss = {"cat_kd": {}}
-    with pytest.raises(CacheError, match=r"\['cat_kd'\] use the teacher model"):
+    cfg.loss = {"mgd": {"student_layers": ["layer2"]}}  # its attach may copy teacher weights
+    with pytest.raises(CacheError, match=r"\['mgd'\] use the teacher model"):
         _write(cfg, tmp_path / "c", 1)
 
 

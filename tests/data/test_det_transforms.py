@@ -1,4 +1,6 @@
-"""Detection transforms: mmdetection's resize and flip box math, normalisation, padding."""
+"""Detection transforms: mmdetection's resize and flip box math, normalisation, padding.
+
+The pixels of OpenCV's resizing are checked against mmcv's formulas in test_geometric.py."""
 
 from __future__ import annotations
 
@@ -21,9 +23,7 @@ from kdforge.data.det_transforms import (
 )
 
 
-def _sample(
-    width: int, height: int, boxes: list[list[float]]
-) -> tuple[Image.Image, dict[str, Any]]:
+def _sample(width: int, height: int, boxes: list[list[float]]) -> tuple[np.ndarray, dict[str, Any]]:
     pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     size = (height, width)
     target = {
@@ -36,7 +36,7 @@ def _sample(
         "scale_factor": (1.0, 1.0),
         "flip": False,
     }
-    return Image.fromarray(pixels), target
+    return pixels, target
 
 
 def test_rescale_size_follows_mmcv() -> None:
@@ -49,7 +49,7 @@ def test_rescale_size_follows_mmcv() -> None:
 def test_resize_scales_and_clips_boxes() -> None:
     image, target = _sample(640, 480, [[10, 20, 110, 220], [600, 400, 650, 490]])
     out, t = DetResize((1333, 800))(image, target)
-    assert out.size == (1067, 800) and t["img_shape"] == (800, 1067)
+    assert out.shape == (800, 1067, 3) and out.dtype == np.uint8 and t["img_shape"] == (800, 1067)
     w_scale, h_scale = 1067 / 640, 800 / 480
     assert t["scale_factor"] == pytest.approx((w_scale, h_scale))
     expected = [
@@ -60,7 +60,10 @@ def test_resize_scales_and_clips_boxes() -> None:
     torch.testing.assert_close(t["ignore_boxes"], torch.tensor([[0, 0, 4 * w_scale, 4 * h_scale]]))
     assert target["boxes"][0, 0] == 10  # the input target is not modified
     out2, t2 = DetResize((534, 400))(out, t)  # a second resize composes the scale factors
-    assert out2.size == (534, 400) and t2["scale_factor"] == pytest.approx((534 / 640, 400 / 480))
+    assert out2.shape == (400, 534, 3)
+    assert t2["scale_factor"] == pytest.approx((534 / 640, 400 / 480))
+    from_pil, t3 = DetResize((1333, 800))(Image.fromarray(image), target)  # PIL is accepted
+    assert np.array_equal(from_pil, out) and t3["img_shape"] == (800, 1067)
 
 
 def test_flip_mirrors_boxes_and_pixels() -> None:
@@ -68,9 +71,9 @@ def test_flip_mirrors_boxes_and_pixels() -> None:
     out, t = DetRandomFlip(p=1.0)(image, target)
     assert t["boxes"].tolist() == [[70.0, 20.0, 90.0, 40.0]] and t["flip"]
     assert t["ignore_boxes"].tolist() == [[96.0, 0.0, 100.0, 4.0]]
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(image)[:, ::-1])
+    np.testing.assert_array_equal(out, image[:, ::-1])
     back, t_back = DetRandomFlip(p=1.0)(out, t)
-    np.testing.assert_array_equal(np.asarray(back), np.asarray(image))
+    np.testing.assert_array_equal(back, image)
     assert t_back["boxes"].tolist() == [[10.0, 20.0, 30.0, 40.0]] and not t_back["flip"]
     assert DetRandomFlip(p=0.0)(image, target)[1] is target
 
@@ -87,20 +90,22 @@ def test_random_resize_draws_from_torch_rng() -> None:
     assert {choice.sample_params() for _ in range(50)} == {(1333, 640), (1333, 672), (1333, 800)}
     image, target = _sample(64, 48, [[1, 2, 3, 4]])
     out, t = ranged.apply(image, target, (1333, 720))
-    assert out.size == (960, 720) and t["img_shape"] == (720, 960)
+    assert out.shape == (720, 960, 3) and t["img_shape"] == (720, 960)
     with pytest.raises(ValueError, match="mode"):
         DetRandomResize([(1333, 800)], mode="range")
 
 
 def test_normalize_uses_0_255_imagenet_statistics() -> None:
     mean = tuple(round(m) for m in DETECTION_MEAN)
-    image = Image.new("RGB", (5, 4), mean)
+    image = np.full((4, 5, 3), mean, np.uint8)
     tensor, _ = DetNormalize()(image, {})
     assert tensor.shape == (3, 4, 5) and tensor.dtype == torch.float32
     expected = [(m - mu) / s for m, mu, s in zip(mean, DETECTION_MEAN, DETECTION_STD, strict=True)]
     torch.testing.assert_close(tensor[:, 0, 0], torch.tensor(expected))
-    white, _ = DetNormalize()(Image.new("RGB", (2, 2), (255, 255, 255)), {})
+    white, _ = DetNormalize()(Image.new("RGB", (2, 2), (255, 255, 255)), {})  # PIL too
     assert white[0, 0, 0].item() == pytest.approx((255 - 123.675) / 58.395)
+    grey, _ = DetNormalize()(np.full((2, 2), 255, np.uint8), {})  # grey: replicated
+    torch.testing.assert_close(grey, white)
 
 
 def test_collate_pads_to_a_multiple_of_32() -> None:

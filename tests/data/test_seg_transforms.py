@@ -1,7 +1,10 @@
-"""Segmentation transforms: resize, category-max-ratio crop, flip, photometric maths, pad."""
+"""Segmentation transforms: resize, category-max-ratio crop, flip, photometric maths, pad.
+
+The pixels of OpenCV's resizing are checked against mmcv's formulas in test_geometric.py."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -21,15 +24,20 @@ from kdforge.data.seg_transforms import (
 )
 
 
-def _coords(height: int, width: int) -> tuple[Image.Image, Image.Image]:
+def _coords(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """An image whose R, G channels are x, y and a mask of ``(x + 2y) % 5``."""
     ys, xs = np.mgrid[0:height, 0:width]
     rgb = np.stack([xs, ys, np.zeros_like(xs)], -1).astype(np.uint8)
-    return Image.fromarray(rgb), Image.fromarray(((xs + 2 * ys) % 5).astype(np.uint8))
+    return rgb, ((xs + 2 * ys) % 5).astype(np.uint8)
 
 
-def _consistent(image: Image.Image, mask: Image.Image) -> bool:
-    rgb, labels = np.asarray(image).astype(int), np.asarray(mask).astype(int)
+def _size(array: np.ndarray) -> tuple[int, int]:
+    """``(width, height)``."""
+    return array.shape[1], array.shape[0]
+
+
+def _consistent(image: np.ndarray, mask: np.ndarray) -> bool:
+    rgb, labels = image.astype(int), mask.astype(int)
     return bool(np.array_equal((rgb[..., 0] + 2 * rgb[..., 1]) % 5, labels))
 
 
@@ -38,10 +46,15 @@ def test_random_resize_keeps_ratio_and_label_values() -> None:
     image, mask = _coords(32, 64)
     for ratio, size in ((0.5, (32, 16)), (2.0, (128, 64)), (1.0, (64, 32))):
         out_image, out_mask = t.apply(image, mask, ratio)
-        assert out_image.size == out_mask.size == size
+        assert _size(out_image) == _size(out_mask) == size
+        assert out_image.dtype == out_mask.dtype == np.uint8
         assert set(np.unique(out_mask)) <= set(range(5))
-    square, _ = _coords(40, 40)
-    assert t.apply(square, square.convert("L"), 1.0)[0].size == (32, 32)  # fits 64 x 32
+    square, square_mask = _coords(40, 40)
+    assert _size(t.apply(square, square_mask, 1.0)[0]) == (32, 32)  # fits 64 x 32
+    pil_image, pil_mask = t.apply(Image.fromarray(image), Image.fromarray(mask), 0.5)  # accepted
+    assert np.array_equal(pil_image, t.apply(image, mask, 0.5)[0]) and pil_mask.shape == (16, 32)
+    wide_ids = mask.astype(np.int32) * 100  # masks with ids over 255 (mode I) resize too
+    assert set(np.unique(t.apply(image, wide_ids, 0.5)[1])) <= {0, 100, 200, 300, 400}
     torch.manual_seed(0)
     assert all(0.5 <= t.sample_params() < 2.0 for _ in range(100))
 
@@ -52,14 +65,15 @@ def test_crop_keeps_image_and_mask_aligned_and_sized() -> None:
     image, mask = _coords(20, 30)
     for _ in range(20):
         out_image, out_mask = t(image, mask)
-        assert out_image.size == out_mask.size == (12, 8) and _consistent(out_image, out_mask)
+        assert _size(out_image) == _size(out_mask) == (12, 8)
+        assert _consistent(out_image, out_mask)
     small_image, small_mask = t(*_coords(5, 6))  # smaller than the crop: the whole image
-    assert small_image.size == small_mask.size == (6, 5)
+    assert _size(small_image) == _size(small_mask) == (6, 5)
 
 
-def _tiled(tile: list[int]) -> Image.Image:
+def _tiled(tile: list[int]) -> np.ndarray:
     """A 64x64 mask repeating a 4x4 tile, so every 8x8 crop has the same histogram."""
-    return Image.fromarray(np.tile(np.array(tile, np.uint8).reshape(4, 4), (16, 16)))
+    return np.tile(np.array(tile, np.uint8).reshape(4, 4), (16, 16))
 
 
 def _draws(count: int) -> tuple[tuple[int, int], float]:
@@ -81,7 +95,7 @@ def _draws(count: int) -> tuple[tuple[int, int], float]:
     ],
 )
 def test_cat_max_ratio_retries(tile: list[int], draws: int) -> None:
-    image, mask = Image.new("RGB", (64, 64)), _tiled(tile)
+    image, mask = np.zeros((64, 64, 3), np.uint8), _tiled(tile)
     t = SegRandomCrop(crop_size=(8, 8), cat_max_ratio=0.75)
     torch.manual_seed(3)
     params, after = t.sample_params(image, mask), torch.rand(1).item()
@@ -96,8 +110,8 @@ def test_cat_max_ratio_retries(tile: list[int], draws: int) -> None:
 def test_flip_mirrors_image_and_mask_together() -> None:
     image, mask = _coords(6, 9)
     flipped_image, flipped_mask = SegRandomFlip(1.0)(image, mask)
-    assert np.array_equal(np.asarray(flipped_image), np.asarray(image)[:, ::-1])
-    assert np.array_equal(np.asarray(flipped_mask), np.asarray(mask)[:, ::-1])
+    assert np.array_equal(flipped_image, image[:, ::-1])
+    assert np.array_equal(flipped_mask, mask[:, ::-1])
     assert SegRandomFlip(0.0)(image, mask) == (image, mask)
     torch.manual_seed(0)
     flips = [SegRandomFlip(0.5).sample_params() for _ in range(400)]
@@ -123,15 +137,15 @@ def test_photometric_draws_follow_mmseg_ranges() -> None:
 def test_photometric_operations() -> None:
     t = PhotoMetricDistortion()
     pixels = np.array([[[0, 100, 250], [255, 0, 0], [30, 60, 90]]], np.uint8)
-    image, mask = Image.fromarray(pixels), Image.new("L", (3, 1), 7)
+    image, mask = pixels, np.full((1, 3), 7, np.uint8)
 
     def run(**kw) -> np.ndarray:
         params = dict(
             brightness=None, contrast_first=True, contrast=None, saturation=None, hue=None
         )
         out, same_mask = t.apply(image, mask, DistortionParams(**(params | kw)))
-        assert same_mask is mask
-        return np.asarray(out).astype(int)
+        assert same_mask is mask and out.dtype == np.uint8 and out.shape == (1, 3, 3)
+        return out.astype(int)
 
     # brightness adds, clips, then truncates to uint8 as mmseg's ``convert``
     assert run(brightness=10.7)[0].tolist() == [[10, 110, 255], [255, 10, 10], [40, 70, 100]]
@@ -169,11 +183,17 @@ def test_hsv_matches_opencv_conventions() -> None:
     noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     back = hsv_to_rgb_u8(rgb_to_hsv_u8(noise)).astype(int)
     assert np.abs(back - noise).max() <= 4  # hue is kept in 2-degree steps, as in OpenCV
+    bgr = noise[..., ::-1]  # mmcv's bgr2hsv / hsv2bgr on mmseg's BGR images: the same values
+    hsv = cv2.cvtColor(np.ascontiguousarray(bgr), cv2.COLOR_BGR2HSV)
+    assert np.array_equal(rgb_to_hsv_u8(noise), hsv)
+    assert np.array_equal(hsv_to_rgb_u8(hsv), cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[..., ::-1])
 
 
 def test_normalize_and_pad_values() -> None:
-    image = Image.new("RGB", (5, 3), tuple(round(m) for m in SEG_MEAN))
-    tensor, labels = SegNormalize()(image, Image.new("L", (5, 3), 4))
+    image = np.full((3, 5, 3), [round(m) for m in SEG_MEAN], np.uint8)
+    tensor, labels = SegNormalize()(image, np.full((3, 5), 4, np.uint8))
+    from_pil = SegNormalize()(Image.fromarray(image), Image.new("L", (5, 3), 4))  # PIL too
+    assert torch.equal(from_pil[0], tensor) and torch.equal(from_pil[1], labels)
     expected = (torch.tensor([round(m) for m in SEG_MEAN]) - torch.tensor(SEG_MEAN)) / torch.tensor(
         SEG_STD
     )

@@ -83,3 +83,15 @@ def test_bad_arguments_raise(tmp_path: Path) -> None:
         write_shapes_dataset(tmp_path, 1, 1, image_size=(8, 8))
     with pytest.raises(ValueError, match="max_objects"):
         write_shapes_dataset(tmp_path, 1, 1, max_objects=0)
+
+
+def test_mixed_sizes_are_taken_in_turn(tmp_path: Path) -> None:
+    sizes = [(48, 64), (64, 48), (32, 32)]  # (height, width): landscape, portrait, square
+    root = write_shapes_dataset(tmp_path, num_train=5, num_val=2, image_size=sizes)
+    data = json.loads((root / "annotations" / "instances_train.json").read_text())
+    got = [(img["height"], img["width"]) for img in data["images"]]
+    assert got == [sizes[0], sizes[1], sizes[2], sizes[0], sizes[1]]
+    for img in data["images"]:
+        assert Image.open(root / "train" / img["file_name"]).size == (img["width"], img["height"])
+    with pytest.raises(ValueError, match="image_size"):
+        write_shapes_dataset(tmp_path, 1, 1, image_size=[(64, 64), (8, 64)])
