@@ -121,11 +121,10 @@ class LossTerm(nn.Module):
         cache writer calls ``attach(None, teacher)`` and stores these values (as
         :meth:`stored_teacher_values` names them); a run from the cache calls
         ``attach(student, None)`` and finds them in ``batch.teacher_features``. Live, stored
-        and checked values thus all come from this one method. Not overridden: the term
-        gives no such values (a cache holds its teacher output and taps, if that is all it
-        reads).
+        and checked values thus all come from this one method. By default a term gives none
+        (``{}``: a cache holds its teacher output and taps, if that is all it reads).
         """
-        raise NotImplementedError(f"{type(self).__name__} defines no teacher values")
+        return {}
 
     def teacher_value_settings(self) -> dict[str, Any]:
         """The term's settings that change :meth:`teacher_values` (JSON values, fixed at
