@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from kdforge.errors import ConfigError
 from kdforge.losses.base import DistillBatch, LossTerm, shape_tree
+from kdforge.models.external import logits_of
 from kdforge.taps import FeatureTaps
 from kdforge.teacher import TeacherReplay, TeacherRuntime, compile_or_eager
 
@@ -189,12 +190,13 @@ class Distiller(nn.Module):
             output, features = self._replay.output, self._replay.features
         elif self.runtime is not None and self.distilling:
             output, features = self.runtime.run(inputs, strict=self.training)
+            output = logits_of(output)
         else:
             return None, {}
         return output, features if output is None else {"": output, **features}  # "": output
 
     def _run_student(self, inputs: Any) -> tuple[Any, dict[str, Any]]:
-        output = compile_or_eager(self._compiled, "student", self.student, inputs)
+        output = logits_of(compile_or_eager(self._compiled, "student", self.student, inputs))
         return output, {"": output, **self.student_taps.recorded(strict=self.training)}
 
     def _clear_taps(self) -> None:

@@ -41,6 +41,13 @@ def check_same_classes(
 ) -> None:
     """Raise ``ValueError`` unless both model outputs are logits over the same classes."""
     s, t = student_shapes[""], teacher_shapes[""]
+    for who, shape in (("student", s), ("teacher", t)):
+        if not isinstance(shape, torch.Size):
+            raise ValueError(
+                f"{term} needs each model's output to be a logits tensor, but the {who} "
+                f"returns {_fmt(shape)}; kdforge takes `.logits` from model-output objects "
+                "(transformers), so wrap any other model to return its logits"
+            )
     if s[1:] != t[1:]:
         fix = (
             f"{term} needs logits over the same classes: build both models with the same "

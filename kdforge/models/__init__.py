@@ -1,8 +1,8 @@
 """Model zoo: ``create_model(name, num_classes=..., pretrained=PATH)`` and ``list_models()``."""
 
 from kdforge.models import cifar, detection, imagenet, segmentation, vit  # noqa: F401  (registers)
-from kdforge.models._registry import ModelInfo, get_model_info, list_models, register_model
-from kdforge.models.factory import create_model, load_pretrained, read_state_dict
+from kdforge.models._registry import ModelInfo, list_models, register_model
+from kdforge.models.factory import create_model, get_model_info, load_pretrained, read_state_dict
 
 __all__ = [
     "ModelInfo",

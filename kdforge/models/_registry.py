@@ -10,7 +10,7 @@ from torch import nn
 
 from kdforge.errors import ConfigError
 
-__all__ = ["ModelInfo", "get_model_info", "list_models", "register_model"]
+__all__ = ["ModelInfo", "list_models", "register_model", "registered_model_info"]
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class ModelInfo:
     name: str
     builder: Callable[..., nn.Module]
     input_size: tuple[int, int, int]  # (C, H, W) the model is usually trained at
-    family: str  # "cifar" or "imagenet"; later "detection", "segmentation"
+    family: str  # "cifar", "imagenet", "detection", "segmentation"; "external" (other libraries)
     default_num_classes: int
 
 
@@ -41,7 +41,7 @@ def register_model(
     return decorator
 
 
-def get_model_info(name: str) -> ModelInfo:
+def registered_model_info(name: str) -> ModelInfo:
     """Return the registry entry for ``name``; an unknown name lists the close and valid ones."""
     if name not in _MODELS:
         close = difflib.get_close_matches(name, _MODELS, n=5, cutoff=0.5)

@@ -1,78 +1,42 @@
-"""Build zoo models and load weights from the checkpoint formats people already have."""
+"""Build zoo models (and prefixed models of other libraries) with optional weights."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 
-from kdforge.errors import CheckpointError
-from kdforge.models._convert import read_weights_file
-from kdforge.models._registry import get_model_info
+from kdforge.models._registry import ModelInfo, registered_model_info
+from kdforge.models.external import create_external, external_info, split_name
+from kdforge.models.loading import load_pretrained, read_state_dict
 
-__all__ = ["create_model", "load_pretrained", "read_state_dict"]
-
-# Keys under which released checkpoints nest their weights (RepDistiller: "model",
-# mdistiller: "model"/"net", kdforge training checkpoints: "student", many others).
-_NESTED_KEYS = ("student", "model", "net", "state_dict", "model_state_dict")
+__all__ = ["create_model", "get_model_info", "load_pretrained", "read_state_dict"]
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` or ``.pth`` file and return a flat state dict.
-
-    Weights nested under ``student``/``model``/``net``/``state_dict`` are unwrapped and a
-    ``module.`` prefix left by DataParallel/DDP is stripped.
-    """
-    path = Path(path)
-    state = read_weights_file(path)
-    if path.suffix != ".safetensors":
-        for key in _NESTED_KEYS:
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def load_pretrained(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load weights from ``path`` into ``model`` strictly, naming missing/unexpected keys."""
-    state = read_state_dict(path)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or wrong:
-        lines = [f"{path} does not match {type(model).__name__}:"]
-        for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)):
-            if keys:
-                lines.append(
-                    f"  {title} ({len(keys)}): {', '.join(keys[:8])}"
-                    + (" ..." if len(keys) > 8 else "")
-                )
-        raise CheckpointError("\n".join(lines))
-    model.load_state_dict(state)
-    return model
+def get_model_info(name: str) -> ModelInfo:
+    """What kdforge knows of model ``name`` (input size, family, default classes): the zoo's
+    entry, or for ``torchvision/``, ``timm/`` and ``hf/`` names what their library says."""
+    return external_info(name) if split_name(name) else registered_model_info(name)
 
 
 def create_model(
     name: str, num_classes: int | None = None, pretrained: str | Path | None = None, **kwargs
 ) -> nn.Module:
-    """Build the zoo model ``name``, optionally loading weights from ``pretrained``.
+    """Build the model ``name``, optionally loading weights from ``pretrained``.
 
     Args:
-        name: a name from :func:`kdforge.models.list_models`.
+        name: a name from :func:`kdforge.models.list_models`, or a model of another library:
+            ``torchvision/<arch>``, ``timm/<arch>`` or ``hf/<local folder>``
+            (:mod:`kdforge.models.external`).
         num_classes: classifier outputs; the model's default (e.g. 100 for CIFAR) if None.
         pretrained: a ``.pth``/``.pt``/``.safetensors`` file (RepDistiller, mdistiller,
-            torchvision or a ``kdforge export``) to load strictly.
+            torchvision or a ``kdforge export``) to load strictly (timm models: through
+            timm's loader, which drops a classifier of another size).
         **kwargs: passed to the model's builder.
     """
-    info = get_model_info(name)
+    if split_name(name):
+        return create_external(name, num_classes, pretrained, **kwargs)
+    info = registered_model_info(name)
     model = info.builder(num_classes=num_classes or info.default_num_classes, **kwargs)
     if pretrained is not None:
         load_pretrained(model, pretrained)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdforge.engine.distributed import all_reduce_sum
+from kdforge.models.external import logits_of
 
 __all__ = ["classification_confusion", "evaluate_classifier"]
 
@@ -39,7 +40,7 @@ def evaluate_classifier(
         with torch.autocast(
             device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
         ):
-            logits = model(images)
+            logits = logits_of(model(images))  # .logits of a transformers output
         logits = logits.float()
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices  # (N, k)
