@@ -13,8 +13,8 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="recipe YAML (or use --teacher/--student)")
-    parser.add_argument("--teacher", help="zoo model name")
-    parser.add_argument("--student", help="zoo model name")
+    parser.add_argument("--teacher", help="model name (zoo, torchvision/..., timm/..., hf/DIR)")
+    parser.add_argument("--student", help="model name (zoo, torchvision/..., timm/..., hf/DIR)")
     parser.add_argument(
         "--input-size",
         nargs=3,

@@ -98,7 +98,7 @@ def test_kd_takes_the_logits_of_a_transformers_output(hf_folder):
 
     student = create_model("torchvision/resnet18", num_classes=10)
     x = torch.randn(4, 3, 32, 32)
-    distiller = Distiller(student, PixelValues(teacher), {"kd": KDLoss()}, example_input=x)
+    distiller = Distiller(PixelValues(teacher), student, {"kd": KDLoss()}, example_input=x)
     _, losses = distiller(x, torch.zeros(4, dtype=torch.long))
     assert losses["kd"].item() > 0 and torch.isfinite(losses["kd"])
 
@@ -114,4 +114,4 @@ def test_an_output_without_logits_is_a_clear_error():
 
     student = create_model("torchvision/resnet18", num_classes=10)
     with pytest.raises(ConfigError, match="needs each model's output to be a logits tensor"):
-        Distiller(student, DictOutput(), {"kd": KDLoss()}, example_input=torch.randn(2, 3, 32, 32))
+        Distiller(DictOutput(), student, {"kd": KDLoss()}, example_input=torch.randn(2, 3, 32, 32))
