@@ -7,6 +7,8 @@ import torch
 import torchvision
 
 from kdforge.models.detection import nms as nms_module
+from kdforge.models.detection import roi_align as roi_align_module
+from kdforge.models.detection.roi_align import roi_align_plain
 
 
 def random_boxes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -32,3 +34,30 @@ def test_plain_torch_nms_equals_torchvision(monkeypatch, threshold, seed):
 
 def test_nms_uses_torchvision_when_it_imports():
     assert nms_module._tv_batched_nms is torchvision.ops.batched_nms
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_plain_roi_align_equals_torchvision(aligned, sampling_ratio):
+    """Forward and backward on random RoIs, many partly or wholly outside the map, a
+    zero-size one and a large one (adaptive grids of several sizes in one call)."""
+    g = torch.Generator().manual_seed(sampling_ratio + 10 * aligned)
+    features = torch.randn(2, 16, 25, 38, generator=g, requires_grad=True)
+    xy = torch.rand(300, 2, generator=g) * 360 - 40
+    wh = torch.rand(300, 2, generator=g) * 160
+    batch = torch.randint(0, 2, (300, 1), generator=g).float()
+    rois = torch.cat([batch, xy, xy + wh], 1)
+    rois[0, 1:] = torch.tensor([50.0, 60.0, 50.0, 60.0])  # zero size
+    rois[1, 1:] = torch.tensor([-20.0, -20.0, 330.0, 220.0])  # larger than the map
+    args = ((7, 7), 1 / 8, sampling_ratio, aligned)
+    ours = roi_align_plain(features, rois, *args)
+    reference = torchvision.ops.roi_align(features, rois, *args)
+    assert (ours - reference).abs().max() <= 1e-5
+    upstream = torch.randn(reference.shape, generator=g)
+    (grad_ours,) = torch.autograd.grad((ours * upstream).sum(), features)
+    (grad_ref,) = torch.autograd.grad((reference * upstream).sum(), features)
+    assert (grad_ours - grad_ref).abs().max() <= 1e-5
+
+
+def test_roi_align_uses_torchvision_when_it_imports():
+    assert roi_align_module._tv_roi_align is torchvision.ops.roi_align
