@@ -29,6 +29,7 @@ RESUME_SAFE_KEYS = frozenset(
         "train.out_dir",
         "train.name",
         "train.log_every",
+        "train.loggers",
         "train.eval_every",
         "train.max_eval_batches",
         "train.check_teacher",

@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from kdforge.config.schema import LOGGERS
 from kdforge.errors import ConfigError
 
 __all__ = ["RULES", "Rule", "validate_config"]
@@ -128,6 +129,34 @@ RULES: dict[str, Rule] = {
 }
 
 
+def _logger_problems(loggers: Any) -> list[str]:
+    """What is wrong with ``train.loggers``: each entry a name of :data:`LOGGERS` or
+    ``{type: NAME, **options}`` with that logger's options, as strings; each logger once."""
+    problems, seen = [], set()
+    names = ", ".join(LOGGERS)
+    for i, entry in enumerate(loggers):
+        where = f"train.loggers[{i}]"
+        options = dict(entry) if isinstance(entry, dict) else {"type": entry}
+        kind = options.pop("type", None)
+        if kind not in LOGGERS:
+            given = f"type={_show(kind)}" if isinstance(entry, dict) else _show(kind)
+            problems.append(f"{where}: {given} is not a logger; use one of {names}")
+            continue
+        if kind in seen:
+            problems.append(f"{where}: {kind} is listed twice; list each logger once")
+        seen.add(kind)
+        unknown = sorted(set(options) - set(LOGGERS[kind]))
+        if unknown:
+            valid = ", ".join(["type", *LOGGERS[kind]])
+            problems.append(f"{where} ({kind}): unknown option(s) {unknown}; valid: {valid}")
+        problems += [
+            f"{where} ({kind}): {key}={_show(value)}: must be a string (or null)"
+            for key, value in options.items()
+            if key not in unknown and not isinstance(value, (str, type(None)))
+        ]
+    return problems
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -152,7 +181,8 @@ def _show(value: Any) -> str:
 
 def validate_config(cfg: DictConfig) -> None:
     """Check every value of a merged config against :data:`RULES` (and nesterov against
-    momentum); one ConfigError names each bad key, its value and its valid range."""
+    momentum, and ``train.loggers``); one ConfigError names each bad key, its value and its
+    valid range."""
     values = _resolved(cfg)
     problems = []
     for key, rule in RULES.items():
@@ -165,5 +195,6 @@ def validate_config(cfg: DictConfig) -> None:
     optim = values["optim"]
     if optim["name"] == "sgd" and optim["nesterov"] and optim["momentum"] == 0:
         problems.append("optim.nesterov=true: needs optim.momentum > 0")
+    problems += _logger_problems(values["train"]["loggers"])
     if problems:
         raise ConfigError("; ".join(problems))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "LOGGERS",
     "Config",
     "DataConfig",
     "ModelConfig",
@@ -13,7 +15,24 @@ __all__ = [
     "ScheduleConfig",
     "TeacherConfig",
     "TrainConfig",
+    "default_num_workers",
 ]
+
+# train.loggers: where the run's scalars go besides log.jsonl. An entry is a name or
+# {type: NAME, **options}; each option is a string (null or left out: the tracker's own
+# default, e.g. its environment variables); the run name defaults to the run folder's.
+LOGGERS: dict[str, tuple[str, ...]] = {
+    "tensorboard": (),  # RUN_DIR/tensorboard
+    "wandb": ("project", "entity", "name", "group", "mode", "dir"),  # pip install kdforge[wandb]
+    "mlflow": ("tracking_uri", "experiment_name", "run_name"),  # pip install kdforge[mlflow]
+}
+
+
+def default_num_workers() -> int:
+    """``data.num_workers`` when a recipe leaves it out: 4, or fewer when this process may
+    use fewer CPU cores (more workers than cores only compete for them)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(4, cores or 1)
 
 
 @dataclass
@@ -23,7 +42,7 @@ class DataConfig:
     root: str | None = "data"  # folder that holds the data set (see kdforge.data)
     batch_size: int = 64  # per process
     eval_batch_size: int | None = None  # defaults to batch_size
-    num_workers: int = 4
+    num_workers: int = field(default_factory=default_num_workers)  # per process
     mixup_alpha: float = 0.0  # > 0: mixup with Beta(alpha, alpha), soft targets (CAKD: 0.2)
     repeated_aug: int = 1  # > 1: each image this many times per epoch (CAKD: 4)
     group_by_aspect_ratio: bool = False  # batches of one orientation (mmdet's detection loaders)
@@ -33,7 +52,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str | None = None  # a zoo name (kdforge.list_models())
+    name: str | None = None  # zoo (list_models()), torchvision/..., timm/..., hf/DIR
     num_classes: int | None = None  # defaults to the data set's
     pretrained: str | None = None  # .pth / .safetensors checkpoint to load
     kwargs: dict[str, Any] = field(default_factory=dict)  # builder keywords (fpn_channels=...)
@@ -104,6 +123,8 @@ class TrainConfig:
     stop_distillation: int | None = None  # from this epoch (0-based) on, train without the teacher
     # extra hooks, each {type: package.module.HookClass, **its keyword arguments}
     hooks: list[Any] = field(default_factory=list)
+    # tensorboard | wandb | mlflow, or {type: wandb, project: ...}: see LOGGERS above
+    loggers: list[Any] = field(default_factory=lambda: ["tensorboard"])
 
 
 @dataclass

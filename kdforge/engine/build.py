@@ -41,6 +41,7 @@ from kdforge.engine.optim import make_optimizer, make_scheduler, parameter_group
 from kdforge.engine.run_folder import RunFolder
 from kdforge.engine.seeding import seed_everything, use_deterministic_algorithms
 from kdforge.engine.tasks import Task, get_task
+from kdforge.engine.trackers import build_trackers
 from kdforge.engine.trainer import Trainer, check_amp
 from kdforge.errors import ConfigError
 from kdforge.losses import TERMS, LossTerm
@@ -301,7 +302,7 @@ def build_hooks(
     hooks += [  # logs before the checkpoint: a resume cuts them back to the checkpoint's step
         H.LoggingHook(train.log_every),
         H.CheckpointHook(meta),
-        H.ProgressHook(train.log_every),
+        H.ProgressHook(),
     ]
     return hooks
 
@@ -365,6 +366,7 @@ def _build(cfg: DictConfig, dist: DistInfo, folder: RunFolder) -> Trainer:
     seed_everything(cfg.train.seed)
     task = get_task(cfg.task)
     amp_dtype = check_amp(cfg.train.amp, dist.device)  # before the data: fail early
+    trackers = build_trackers(cfg, folder.logger)  # first: they see every record
     terms = build_terms(OmegaConf.to_container(cfg.loss, resolve=True) or {task.loss: {}})
     cache = _open_cache(cfg, terms) if cfg.teacher.cache else None
     train_loader, val_loader, num_classes = build_data(cfg.data, dist, cfg.train.seed, task, cache)
@@ -388,7 +390,7 @@ def _build(cfg: DictConfig, dist: DistInfo, folder: RunFolder) -> Trainer:
         optimizers.scheduler,
         train_loader,
         optimizers.epochs,
-        build_hooks(cfg, task, evaluate, distiller, optimizers, dist, meta),
+        [*trackers, *build_hooks(cfg, task, evaluate, distiller, optimizers, dist, meta)],
         run_dir=folder,
         dist=dist,
         amp=cfg.train.amp,

@@ -344,11 +344,11 @@ class LoggingHook(HookBase):
 
 
 class ProgressHook(HookBase):
-    """A progress bar per epoch (losses, images/s, learning rate, ETA) and a line after
-    each epoch with the evaluation, the best value, the time spent and the time left."""
+    """A progress bar per epoch (the epoch's mean losses up to the current step, images/s,
+    learning rate, ETA) and a line after each epoch with the evaluation, the best value,
+    the time spent and the time left."""
 
-    def __init__(self, every: int = 20) -> None:
-        self.every = _check_every("ProgressHook", "train.log_every", every)
+    def __init__(self) -> None:
         self.bar: tqdm | None = None
 
     def before_train(self) -> None:
@@ -368,12 +368,11 @@ class ProgressHook(HookBase):
 
     def after_step(self) -> None:
         trainer = self.trainer
-        self.bar.update()
-        if trainer.iter % self.every == 0 or trainer.done():
-            means = {k: f"{v:.4f}" for k, v in trainer.meter.means.items()}
-            lr = trainer.optimizer.param_groups[0]["lr"]
-            rate = f"{trainer.meter.rate:.0f}"
-            self.bar.set_postfix({**means, "img/s": rate, "lr": f"{lr:.3g}"}, refresh=False)
+        means = {k: f"{v:.4f}" for k, v in trainer.meter.means.items()}
+        lr = trainer.optimizer.param_groups[0]["lr"]
+        rate = f"{trainer.meter.rate:.0f}"
+        self.bar.set_postfix({**means, "img/s": rate, "lr": f"{lr:.3g}"}, refresh=False)
+        self.bar.update()  # draws (at most every 0.1 s, tqdm's mininterval) with these values
 
     def after_epoch(self) -> None:
         trainer = self.trainer

@@ -134,7 +134,7 @@ class RunFolder:
     def close(self, success: bool) -> None:
         """Release the lock; a fresh run that failed before its first checkpoint leaves
         no folder behind."""
-        self.logger.close()
+        self.logger.close(success)
         if not self.locked:
             return
         (self.path / LOCK).unlink(missing_ok=True)
