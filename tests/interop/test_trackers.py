@@ -103,9 +103,10 @@ def _wandb_run(path: Path) -> dict:
 def offline_wandb(tmp_path, monkeypatch):
     """W&B in offline mode with every folder of its own under tmp_path; its service process
     is shut down afterwards."""
-    wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")  # no crash reports sent
+    wandb = pytest.importorskip("wandb")
     for name in ("DIR", "CONFIG_DIR", "CACHE_DIR", "DATA_DIR", "ARTIFACT_DIR"):
         monkeypatch.setenv(f"WANDB_{name}", str(tmp_path / f"wandb-{name.lower()}"))
         (tmp_path / f"wandb-{name.lower()}").mkdir()
@@ -144,8 +145,9 @@ def test_wandb_holds_the_logged_scalars_and_resumes_the_run(
 
 
 def test_mlflow_holds_the_logged_scalars_and_resumes_the_run(tiny_overrides, tmp_path, monkeypatch):
-    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing sent anywhere
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps it behind a switch
+    mlflow = pytest.importorskip("mlflow")
     uri = (tmp_path / "mlruns").as_uri()
     loggers = f"train.loggers=[{{type: mlflow, tracking_uri: '{uri}', experiment_name: kd}}]"
     run = tmp_path / "run"
