@@ -1,6 +1,7 @@
 # `make demo` and `make test` set everything up in ./.venv (pinned by constraints.txt).
 # `make test-interop` builds ./.venv-interop (torch 2.14.1 with torchvision, timm and
-# transformers, about 6.5 GB; pinned by constraints-interop.txt) and runs tests/interop/.
+# transformers, wandb and MLflow, about 6.5 GB; pinned by constraints-interop.txt) and runs
+# tests/interop/.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 $(INTEROP_STAMP): pyproject.toml constraints-interop.txt
 	$(PYTHON) -m venv $(INTEROP_VENV)
 	$(INTEROP_VENV)/bin/python -m pip install --quiet --no-cache-dir \
-		--constraint constraints-interop.txt --editable '.[dev,interop]'
+		--constraint constraints-interop.txt --editable '.[dev,interop,wandb,mlflow]'
 	touch $(INTEROP_STAMP)
 
 install: $(STAMP)

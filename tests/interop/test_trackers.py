@@ -1,7 +1,7 @@
 """The W&B and MLflow trackers on a tiny run, offline: each holds the scalars of log.jsonl,
 at the same steps, and a resumed run goes on in the same tracker run.
 
-Needs ``kdforge[wandb]`` and ``kdforge[mlflow]``; each test is skipped without its package.
+Needs ``kdforge[wandb]`` and ``kdforge[mlflow]``, which ``make test-interop`` installs.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def offline_wandb(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")  # no crash reports sent
-    wandb = pytest.importorskip("wandb")
+    import wandb
     for name in ("DIR", "CONFIG_DIR", "CACHE_DIR", "DATA_DIR", "ARTIFACT_DIR"):
         monkeypatch.setenv(f"WANDB_{name}", str(tmp_path / f"wandb-{name.lower()}"))
         (tmp_path / f"wandb-{name.lower()}").mkdir()
@@ -147,7 +147,7 @@ def test_wandb_holds_the_logged_scalars_and_resumes_the_run(
 def test_mlflow_holds_the_logged_scalars_and_resumes_the_run(tiny_overrides, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing sent anywhere
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps it behind a switch
-    mlflow = pytest.importorskip("mlflow")
+    import mlflow
     uri = (tmp_path / "mlruns").as_uri()
     loggers = f"train.loggers=[{{type: mlflow, tracking_uri: '{uri}', experiment_name: kd}}]"
     run = tmp_path / "run"
