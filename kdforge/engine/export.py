@@ -3,16 +3,15 @@ ONNX graph of a classification or segmentation student, checked with onnxruntime
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.errors import CheckpointError, ConfigError, MissingDependencyError
 from kdforge.models import create_model, get_model_info
+from kdforge.models.loading import model_metadata, save_weights
 
 __all__ = ["export_onnx", "export_student", "find_checkpoint"]
 
@@ -45,23 +44,21 @@ def output_path(out: str | Path, option: str = "--out") -> Path:
 def export_student(run: str | Path, out: str | Path, which: str = "best") -> Path:
     """Write the student weights of ``run`` to ``out`` (safetensors) and return its path.
 
-    The file loads back with ``create_model(name, num_classes=..., **kwargs,
-    pretrained=out)``; the model name, number of classes and builder keywords (the
-    recipe's ``student.kwargs``, as JSON) are stored in its metadata.
+    The file loads back with ``kdforge.load_model(out)``: the model name, number of classes
+    and builder keywords (the recipe's ``student.kwargs``) are stored in its metadata
+    (:func:`kdforge.models.loading.model_metadata`, as ``kdforge convert`` does), with the
+    epoch and metrics.
     """
     checkpoint = load_checkpoint(find_checkpoint(run, which))
-    state = {k: v.contiguous() for k, v in checkpoint["student"].items()}
     kwargs = checkpoint.get("config", {}).get("student", {}).get("kwargs") or {}
-    metadata = {
-        "student_name": str(checkpoint.get("student_name", "")),
-        "num_classes": str(checkpoint.get("num_classes", "")),
-        "student_kwargs": json.dumps(kwargs),
-        "epoch": str(checkpoint.get("epoch", "")),
-        "metrics": json.dumps(checkpoint.get("metrics", {})),
-    }
-    out = output_path(out)
-    save_file(state, str(out), metadata=metadata)
-    return out
+    metadata = model_metadata(
+        str(checkpoint.get("student_name", "")),
+        checkpoint.get("num_classes"),
+        kwargs,
+        epoch=str(checkpoint.get("epoch", "")),
+        metrics=checkpoint.get("metrics", {}),
+    )
+    return save_weights(checkpoint["student"], output_path(out), metadata)
 
 
 def export_onnx(

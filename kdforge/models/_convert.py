@@ -3,16 +3,67 @@ key by key against the model it should load into."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from kdforge.errors import CheckpointError
+from kdforge.errors import CheckpointError, ConfigError
 
-__all__ = ["match_state_dict", "read_weights_file", "unwrap_checkpoint"]
+__all__ = [
+    "Conversion",
+    "build_model",
+    "choose_keywords",
+    "config_tokens",
+    "match_state_dict",
+    "read_weights_file",
+    "unwrap_checkpoint",
+]
+
+
+class Conversion(NamedTuple):
+    """A converted checkpoint: the model to build, its keywords, where each keyword came from
+    (``"weights"``, ``"file name"`` or ``"option"``) and the state dict it loads strictly."""
+
+    name: str
+    kwargs: dict[str, Any]
+    origin: dict[str, str]
+    state: dict[str, Tensor]
+
+
+def config_tokens(config_name: str) -> list[str]:
+    """The lower-case tokens of an OpenMMLab config or checkpoint file name, split at ``_``,
+    ``-`` and ``.``: ``fcos_r50-caffe_fpn_gn-head_1x_coco-821213aa.pth`` -> ``["fcos",
+    "r50", "caffe", "fpn", "gn", "head", "1x", "coco", "821213aa"]``."""
+    stem = re.sub(r"\.(pth|pt|safetensors|py)$", "", Path(config_name).name.lower())
+    return [t for t in re.split(r"[_.-]", stem) if t]
+
+
+def choose_keywords(
+    detected: Mapping[str, Any],
+    from_name: Mapping[str, Any] | None,
+    overrides: Mapping[str, Any],
+    required: Sequence[str],
+    refusal: Callable[[list[str]], str],
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Builder keywords from the weights, then the file name, then explicit ``overrides``
+    (each wins over the one before), and the origin of each.
+
+    Raises:
+        CheckpointError: ``refusal(missing)`` when ``required`` keywords come from neither
+            the file name nor ``overrides``.
+    """
+    missing = [k for k in required if k not in overrides and k not in (from_name or {})]
+    if missing:
+        raise CheckpointError(refusal(missing))
+    kwargs, origin = {}, {}
+    for source, values in (("weights", detected), ("file name", from_name), ("option", overrides)):
+        for key, value in (values or {}).items():
+            kwargs[key], origin[key] = value, source
+    return kwargs, origin
 
 
 def read_weights_file(path: str | Path) -> Any:
@@ -98,3 +149,15 @@ def match_state_dict(
                 lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys))
         raise CheckpointError("\n".join(lines))
     return out
+
+
+def build_model(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """``create_model(name, **kwargs)``; keywords it rejects are a ConfigError naming them."""
+    from kdforge.models.factory import create_model  # factory imports this module
+
+    try:
+        return create_model(name, **kwargs)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{name} cannot be built with {kwargs}: {err}") from None

@@ -8,9 +8,9 @@ from torch import nn
 
 from kdforge.models._registry import ModelInfo, registered_model_info
 from kdforge.models.external import create_external, external_info, split_name
-from kdforge.models.loading import load_pretrained, read_state_dict
+from kdforge.models.loading import load_pretrained, read_model_metadata, read_state_dict
 
-__all__ = ["create_model", "get_model_info", "load_pretrained", "read_state_dict"]
+__all__ = ["create_model", "get_model_info", "load_model", "load_pretrained", "read_state_dict"]
 
 
 def get_model_info(name: str) -> ModelInfo:
@@ -41,3 +41,16 @@ def create_model(
     if pretrained is not None:
         load_pretrained(model, pretrained)
     return model
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """Rebuild the model a ``kdforge export`` or ``kdforge convert`` file holds, with its weights.
+
+    The file's metadata names the model and its builder keywords, so nothing else is needed.
+
+    Raises:
+        CheckpointError: the file names no model (load it with
+            ``create_model(name, pretrained=path)``) or does not fit the model it names.
+    """
+    name, num_classes, kwargs = read_model_metadata(path)
+    return create_model(name, num_classes=num_classes, pretrained=path, **kwargs)

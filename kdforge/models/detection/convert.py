@@ -7,6 +7,12 @@ mmdetection 1.x FCOS predictors (``fcos_cls`` -> ``conv_cls``, as mmdetection's 
 upgrade hook does), and check every key and shape against the detector it describes.
 A ResNeXt backbone is recognised by its grouped 3x3 convs (``layer1.0.conv2.weight`` of
 shape ``(groups * base_width, base_width, 3, 3)``).
+
+Some settings change the outputs but leave no trace in the weights: the backbone style
+(caffe or pytorch) and FCOS's ``norm_on_bbox``, ``centerness_on_reg`` (plus its training
+and test settings). :func:`convert_mmdet` reads them from the mmdetection config name that
+the checkpoint's file name carries (``fcos_r50-caffe_fpn_gn-head-center-normbbox-
+centeronreg-giou_1x_coco_20200603-67b3859f.pth``) and refuses to guess them otherwise.
 """
 
 from __future__ import annotations
@@ -18,15 +24,42 @@ from typing import Any
 from torch import Tensor, nn
 
 from kdforge.errors import CheckpointError
-from kdforge.models._convert import match_state_dict, unwrap_checkpoint
+from kdforge.models._convert import (
+    Conversion,
+    build_model,
+    choose_keywords,
+    config_tokens,
+    match_state_dict,
+    unwrap_checkpoint,
+)
 from kdforge.models._registry import list_models
-from kdforge.models.factory import create_model
 
-__all__ = ["convert_mmdet_checkpoint", "detect_mmdet_model"]
+__all__ = [
+    "MMDET_FLAGS",
+    "convert_mmdet",
+    "convert_mmdet_checkpoint",
+    "detect_mmdet_model",
+    "mmdet_name_flags",
+]
 
 _HEAD_KINDS = {"retina_cls": "retinanet", "conv_cls": "fcos", "atss_cls": "atss", "gfl_cls": "gfl"}
 # keys some checkpoints lack and that carry no learned value: taken from the model
 _OPTIONAL = ("num_batches_tracked", "bbox_head.integral.project")
+# builder keywords per head kind that the weights cannot carry, with their values
+MMDET_FLAGS: dict[str, dict[str, str]] = {
+    "retinanet": {"style": "caffe|pytorch"},
+    "fcos": {
+        "style": "caffe|pytorch",
+        "norm_on_bbox": "true|false",
+        "centerness_on_reg": "true|false",
+        "center_sampling": "true|false",
+        "loss_bbox": "iou|giou",
+        "nms_iou": "0.5|0.6",
+    },
+    "atss": {"style": "caffe|pytorch"},
+    "gfl": {"style": "caffe|pytorch"},
+}
+_DEFORMABLE = ("dcn", "dconv", "mdconv")  # name tokens of deformable-conv configs
 
 
 def _rename(key: str) -> str:
@@ -92,26 +125,108 @@ def detect_mmdet_model(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
     return name, kwargs
 
 
+def mmdet_name_flags(config_name: str, model_name: str) -> dict[str, Any] | None:
+    """The keywords of registered detector ``model_name`` that an mmdetection config or
+    checkpoint name sets beyond the weights; ``None`` if ``config_name`` is not one.
+
+    Tokens: ``caffe`` (caffe style with frozen BN affine parameters, else pytorch style with
+    trainable ones); for FCOS ``center`` (center sampling), ``normbbox``, ``centeronreg``
+    and ``giou`` (GIoU loss; the configs with it also test with NMS IoU 0.6).
+
+    Raises:
+        CheckpointError: the name describes another detector or backbone than the weights,
+            or deformable convolutions (not implemented).
+    """
+    tokens = config_tokens(config_name)
+    if not tokens or tokens[0] not in MMDET_FLAGS or "fpn" not in tokens:
+        return None
+    kind, *backbone, _ = model_name.split("_")  # "fcos", "r50" or "x101", "64x4d", "fpn"
+    if tokens[0] != kind or not set(backbone) <= set(tokens):
+        raise CheckpointError(
+            f"{config_name} names a {tokens[0]} config, but the weights are a "
+            f"{'_'.join([kind, *backbone])}; check the file, or pass --config with its config"
+        )
+    if deformable := sorted(set(tokens) & set(_DEFORMABLE)):
+        raise CheckpointError(
+            f"{config_name}: deformable convolutions ({deformable[0]}) are not implemented"
+        )
+    style = "caffe" if "caffe" in tokens else "pytorch"
+    flags: dict[str, Any] = {"style": style, "norm_requires_grad": style == "pytorch"}
+    if kind == "fcos":
+        giou = "giou" in tokens
+        flags |= {
+            "norm_on_bbox": "normbbox" in tokens,
+            "centerness_on_reg": "centeronreg" in tokens,
+            "center_sampling": "center" in tokens,
+            "loss_bbox": "giou" if giou else "iou",
+            "nms_iou": 0.6 if giou else 0.5,
+        }
+    return flags
+
+
+def convert_mmdet(
+    path_or_state: str | Path | dict[str, Any],
+    config: str | None = None,
+    model: str | None = None,
+    **overrides: Any,
+) -> Conversion:
+    """Choose the detector an mmdetection checkpoint needs and map the checkpoint onto it.
+
+    The keywords come from the weights (classes, widths, ResNeXt groups...), then from the
+    config name (:func:`mmdet_name_flags`), then from ``overrides``. An explicit ``style``
+    sets ``norm_requires_grad`` as mmdetection's configs do (False for caffe).
+
+    Args:
+        path_or_state: a ``.pth`` file or its loaded dict.
+        config: the mmdetection config name; by default the file name of ``path_or_state``.
+        model: a registered detector name instead of the detected one.
+        **overrides: builder keywords that win over the detected ones.
+
+    Raises:
+        CheckpointError: a flag of :data:`MMDET_FLAGS` that neither the name nor
+            ``overrides`` gives (the message names them), or a checkpoint that does not fit.
+    """
+    state = unwrap_checkpoint(path_or_state, rename=_rename)
+    detected_name, detected = detect_mmdet_model(state)
+    name = model or detected_name
+    if config is None and not isinstance(path_or_state, dict):
+        config = Path(path_or_state).name
+    from_name = mmdet_name_flags(config, name) if config else None
+    if "style" in overrides and "norm_requires_grad" not in overrides:
+        overrides["norm_requires_grad"] = overrides["style"] == "pytorch"
+    flags = MMDET_FLAGS[name.split("_")[0]]
+
+    def refusal(missing: list[str]) -> str:
+        given = " ".join(f"{k}={flags[k]}" for k in missing)
+        return (
+            f"{config or 'this checkpoint'} is not an mmdetection config name, and the "
+            f"{name} weights do not carry {', '.join(missing)}: pass --kwarg {given}, "
+            "or --config <the mmdetection config it was trained with>"
+        )
+
+    kwargs, origin = choose_keywords(detected, from_name, overrides, tuple(flags), refusal)
+    built = build_model(name, kwargs)
+    state = match_state_dict(state, built, "mmdetection", _OPTIONAL)
+    return Conversion(name, kwargs, origin, state)
+
+
 def convert_mmdet_checkpoint(
-    path_or_state: str | Path | dict[str, Any], model: nn.Module | None = None
+    path_or_state: str | Path | dict[str, Any], model: nn.Module
 ) -> dict[str, Tensor]:
-    """Map an mmdetection checkpoint onto a kdforge detector's state dict.
+    """Map an mmdetection checkpoint onto ``model``'s state dict (to choose the model as
+    well, use :func:`convert_mmdet`).
 
     Args:
         path_or_state: a ``.pth`` file or its loaded dict (``state_dict`` nesting and
             ``module.`` prefixes are unwrapped).
-        model: the detector to load into; by default the registered one that
-            :func:`detect_mmdet_model` names.
+        model: the detector to load into.
 
     Returns:
         a state dict that ``model.load_state_dict`` accepts strictly.
 
     Raises:
-        ValueError: listing the checkpoint keys that match nothing, the model keys left
-            without a value and the shape mismatches.
+        CheckpointError: listing the checkpoint keys that match nothing, the model keys
+            left without a value and the shape mismatches.
     """
     state = unwrap_checkpoint(path_or_state, rename=_rename)
-    if model is None:
-        name, kwargs = detect_mmdet_model(state)
-        model = create_model(name, **kwargs)
     return match_state_dict(state, model, "mmdetection", _OPTIONAL)
