@@ -11,11 +11,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from kdforge.errors import CheckpointError, ConfigError
+from kdforge.errors import CheckpointError
 
 __all__ = [
     "Conversion",
-    "build_model",
     "choose_keywords",
     "config_tokens",
     "match_state_dict",
@@ -149,15 +148,3 @@ def match_state_dict(
                 lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys))
         raise CheckpointError("\n".join(lines))
     return out
-
-
-def build_model(name: str, kwargs: dict[str, Any]) -> nn.Module:
-    """``create_model(name, **kwargs)``; keywords it rejects are a ConfigError naming them."""
-    from kdforge.models.factory import create_model  # factory imports this module
-
-    try:
-        return create_model(name, **kwargs)
-    except (TypeError, ValueError) as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"{name} cannot be built with {kwargs}: {err}") from None

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
+from kdforge.errors import ConfigError
 from kdforge.models._registry import ModelInfo, registered_model_info
 from kdforge.models.external import create_external, external_info, split_name
 from kdforge.models.loading import load_pretrained, read_model_metadata, read_state_dict
 
-__all__ = ["create_model", "get_model_info", "load_model", "load_pretrained", "read_state_dict"]
+__all__ = [
+    "build_model",
+    "create_model",
+    "get_model_info",
+    "load_model",
+    "load_pretrained",
+    "read_state_dict",
+]
 
 
 def get_model_info(name: str) -> ModelInfo:
@@ -54,3 +63,14 @@ def load_model(path: str | Path) -> nn.Module:
     """
     name, num_classes, kwargs = read_model_metadata(path)
     return create_model(name, num_classes=num_classes, pretrained=path, **kwargs)
+
+
+def build_model(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """``create_model(name, **kwargs)``; keywords the builder rejects (an unknown one, a bad
+    value) are a :class:`~kdforge.errors.ConfigError` naming the model and the keywords."""
+    try:
+        return create_model(name, **kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{name} cannot be built with {kwargs}: {err}") from None

@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 from kdforge.cli import COMMANDS, main
 from kdforge.errors import ConfigError
-from kdforge.models import create_model
+from kdforge.models import create_model, load_model
 from kdforge.taps import FeatureTaps
 
 HELP = [[verb] for verb in COMMANDS if verb != "visualize"]
@@ -96,9 +96,9 @@ def test_train_export_eval_round_trip(tiny_overrides, tmp_path, capsys):
     main(["export", str(tmp_path / "run"), "--out", str(out)])
     with safe_open(str(out), "pt") as exported:
         metadata = exported.metadata()
-    assert metadata["student_name"] == "resnet8" and metadata["num_classes"] == "10"
-    assert json.loads(metadata["student_kwargs"]) == {}
-    student = create_model("resnet8", num_classes=10, pretrained=out).eval()
+    assert metadata["model_name"] == "resnet8" and metadata["num_classes"] == "10"
+    assert json.loads(metadata["model_kwargs"]) == {}
+    student = load_model(out).eval()
     saved = torch.load(tmp_path / "run" / "best.pt", weights_only=False)["student"]
     reference = create_model("resnet8", num_classes=10).eval()
     reference.load_state_dict(saved)

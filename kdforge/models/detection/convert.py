@@ -26,13 +26,13 @@ from torch import Tensor, nn
 from kdforge.errors import CheckpointError
 from kdforge.models._convert import (
     Conversion,
-    build_model,
     choose_keywords,
     config_tokens,
     match_state_dict,
     unwrap_checkpoint,
 )
 from kdforge.models._registry import list_models
+from kdforge.models.factory import build_model
 
 __all__ = [
     "MMDET_FLAGS",

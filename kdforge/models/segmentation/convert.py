@@ -27,12 +27,12 @@ from torch import Tensor, nn
 from kdforge.errors import CheckpointError
 from kdforge.models._convert import (
     Conversion,
-    build_model,
     choose_keywords,
     config_tokens,
     match_state_dict,
     unwrap_checkpoint,
 )
+from kdforge.models.factory import build_model
 
 __all__ = ["convert_mmseg", "convert_mmseg_checkpoint", "detect_mmseg_model", "mmseg_name_flags"]
 

@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-from kdforge.models import create_model
-from kdforge.models.detection import convert_mmdet_checkpoint, detect_mmdet_model
+from kdforge.models import create_model, load_model
+from kdforge.models.detection import convert_mmdet, convert_mmdet_checkpoint, detect_mmdet_model
 
 _BN = ("weight", "bias", "running_mean", "running_var")
 
@@ -155,7 +155,8 @@ def test_converter_unwraps_ddp_and_legacy_fcos_names() -> None:
             key = key.replace(f"bbox_head.conv_{old}.", f"bbox_head.fcos_{old}.")
         legacy[f"module.{key}"] = value
     del legacy["module.backbone.bn1.num_batches_tracked"]  # old checkpoints lack these
-    converted = convert_mmdet_checkpoint(legacy)  # builds the detector it detects
+    # builds the detector it detects, flags from the config name
+    converted = convert_mmdet(legacy, config="fcos_r50_caffe_fpn_gn-head_1x_coco").state
     model = create_model("fcos_r50_fpn")
     model.load_state_dict(converted)
     torch.testing.assert_close(model.bbox_head.conv_cls.bias, state["bbox_head.conv_cls.bias"])
@@ -169,11 +170,11 @@ def test_detect_rejects_other_checkpoints() -> None:
 def test_convert_command_writes_a_checkpoint_that_loads(tmp_path) -> None:
     from kdforge.cli import main
 
-    src = tmp_path / "gfl_mmdet.pth"
+    src = tmp_path / "gfl_r50_fpn_1x_coco_20200629_121244-25944287.pth"
     torch.save(_mmdet_checkpoint("gfl", 50), src)
     dst = tmp_path / "gfl.safetensors"
     main(["convert", "mmdet", str(src), str(dst)])
-    model = create_model("gfl_r50_fpn", num_classes=80, pretrained=dst)
+    model = load_model(dst)
     assert torch.equal(
         model.state_dict()["bbox_head.gfl_cls.weight"],
         _mmdet_checkpoint("gfl", 50)["state_dict"]["bbox_head.gfl_cls.weight"],

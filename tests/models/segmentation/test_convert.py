@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kdforge.models import create_model, list_models
-from kdforge.models.segmentation import convert_mmseg_checkpoint, detect_mmseg_model
+from kdforge.models.segmentation import convert_mmseg, convert_mmseg_checkpoint, detect_mmseg_model
 
 
 def _mmseg_state(name: str, num_classes: int = 19) -> dict[str, torch.Tensor]:
@@ -28,7 +28,7 @@ def test_round_trip_from_a_file_with_mmseg_nesting(tmp_path) -> None:
     state = _mmseg_state("deeplabv3_r18")
     path = tmp_path / "deeplabv3_r18-d8_512x1024_80k_cityscapes.pth"
     torch.save({"meta": {"mmseg_version": "1.2.2"}, "state_dict": state, "optimizer": {}}, path)
-    converted = convert_mmseg_checkpoint(path)
+    converted = convert_mmseg(path).state
     assert converted.keys() == state.keys()
     assert all(torch.equal(converted[k], v) for k, v in state.items())
     model = create_model("deeplabv3_r18")
@@ -43,7 +43,8 @@ def test_prefix_selects_the_mmrazor_student_and_old_buffers_are_filled() -> None
     wrapped = {f"architecture.{k}": v for k, v in student.items()}
     wrapped |= {f"distiller.teacher.{k}": v for k, v in teacher.items()}
     wrapped = {k: v for k, v in wrapped.items() if not k.endswith("num_batches_tracked")}
-    converted = convert_mmseg_checkpoint({"state_dict": wrapped}, prefix="architecture.")
+    config = "pspnet_r18-d8_4xb2-80k_cityscapes-512x1024"
+    converted = convert_mmseg({"state_dict": wrapped}, config, prefix="architecture.").state
     assert converted.keys() == student.keys()
     create_model("pspnet_r18").load_state_dict(converted)
 
@@ -54,7 +55,7 @@ def test_errors_list_unmatched_missing_and_shapes() -> None:
     del state["auxiliary_head.conv_seg.bias"]
     state["backbone.stem.0.weight"] = torch.zeros(16, 3, 3, 3)
     with pytest.raises(ValueError) as err:
-        convert_mmseg_checkpoint(state)
+        convert_mmseg_checkpoint(state, create_model("pspnet_r18"))
     text = str(err.value)
     assert "unmatched (1): decode_head.extra.weight" in text
     assert "missing (1): auxiliary_head.conv_seg.bias" in text
@@ -73,12 +74,12 @@ def test_errors_list_unmatched_missing_and_shapes() -> None:
 
 def test_convert_command_round_trip(tmp_path) -> None:
     from kdforge.cli import main
-    from kdforge.models import create_model
+    from kdforge.models import load_model
 
-    src = tmp_path / "psp.pth"
+    src = tmp_path / "pspnet_r18-d8_512x1024_80k_cityscapes_20201225_021458-09ffa746.pth"
     state = _mmseg_state("pspnet_r18")
     torch.save({"meta": {}, "state_dict": state}, src)
     main(["convert", "mmseg", str(src), str(tmp_path / "psp.safetensors")])
-    model = create_model("pspnet_r18", pretrained=tmp_path / "psp.safetensors")
+    model = load_model(tmp_path / "psp.safetensors")
     key = "decode_head.conv_seg.weight"
     assert torch.equal(model.state_dict()[key], state[key])
