@@ -107,6 +107,7 @@ def offline_wandb(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")  # no crash reports sent
     import wandb
+
     for name in ("DIR", "CONFIG_DIR", "CACHE_DIR", "DATA_DIR", "ARTIFACT_DIR"):
         monkeypatch.setenv(f"WANDB_{name}", str(tmp_path / f"wandb-{name.lower()}"))
         (tmp_path / f"wandb-{name.lower()}").mkdir()
@@ -148,6 +149,7 @@ def test_mlflow_holds_the_logged_scalars_and_resumes_the_run(tiny_overrides, tmp
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing sent anywhere
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps it behind a switch
     import mlflow
+
     uri = (tmp_path / "mlruns").as_uri()
     loggers = f"train.loggers=[{{type: mlflow, tracking_uri: '{uri}', experiment_name: kd}}]"
     run = tmp_path / "run"
