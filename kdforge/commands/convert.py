@@ -14,7 +14,7 @@ from kdforge.errors import ConfigError
 
 __all__ = ["CONVERTERS", "convert"]
 
-HELP = "convert an OpenMMLab checkpoint to a kdforge model file"
+HELP = "convert an OpenMMLab or timm checkpoint to a kdforge model file"
 DESCRIPTION = (
     "Map an mmdetection (RetinaNet/FCOS/ATSS/GFL, ResNet/ResNeXt FPN) or mmsegmentation "
     "(PSPNet/DeepLabV3 -d8) checkpoint onto the kdforge model. The model and its keywords "
@@ -23,13 +23,15 @@ DESCRIPTION = (
     "caffe style, norm_on_bbox, centerness_on_reg, ...); settings that neither gives are "
     "refused, not guessed: pass them with --kwarg or name the config with --config. The "
     "output stores the model name and keywords: kdforge.load_model(DST) rebuilds it. "
-    "Unmatched keys are listed and nothing is written."
+    "Unmatched keys are listed and nothing is written. `kdforge convert timm` maps a timm "
+    "ViT-Ti/S/B patch-16 224 checkpoint (DeiT's too) onto the zoo's vit_{ti,s,b}_16."
 )
 
 # kind -> "module:function" with convert_mmdet's signature, returning a Conversion
 CONVERTERS = {
     "mmdet": "kdforge.models.detection.convert:convert_mmdet",
     "mmseg": "kdforge.models.segmentation.convert:convert_mmseg",
+    "timm": "kdforge.models.vit.convert:convert_timm",
 }
 
 
@@ -42,11 +44,12 @@ def convert(
     model: str | None = None,
     **overrides: Any,
 ) -> Path:
-    """Convert the OpenMMLab checkpoint ``src`` and write it to ``dst``, naming its model.
+    """Convert the OpenMMLab (or timm) checkpoint ``src`` and write it to ``dst``, naming its
+    model.
 
     Args:
-        kind: ``"mmdet"`` or ``"mmseg"``.
-        src: the OpenMMLab ``.pth`` checkpoint.
+        kind: ``"mmdet"``, ``"mmseg"`` or ``"timm"``.
+        src: the OpenMMLab ``.pth`` checkpoint (timm: ``.pth``/``.bin``/``.safetensors``).
         dst: ``.safetensors`` (model name and keywords in its metadata) or ``.pth``.
         config: the OpenMMLab config name the checkpoint was trained with, when the file
             name of ``src`` is not it.
@@ -96,8 +99,8 @@ def _keyword(text: str) -> tuple[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", choices=sorted(CONVERTERS), help="which OpenMMLab project")
-    parser.add_argument("src", help="the OpenMMLab .pth checkpoint")
+    parser.add_argument("kind", choices=sorted(CONVERTERS), help="which library wrote SRC")
+    parser.add_argument("src", help="the OpenMMLab .pth (or timm ViT) checkpoint")
     parser.add_argument("dst", help="output file (.safetensors, or .pth for torch.save)")
     parser.add_argument(
         "--config",

@@ -132,7 +132,9 @@ def save_weights(
             save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=metadata)
         else:
             torch.save({"state_dict": state, "kdforge": metadata}, tmp)
-        os.chmod(tmp, 0o644)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # as any new file, not mkstemp's 0o600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -7,7 +7,10 @@ import pytest
 import timm
 import torch
 import torchvision
+from safetensors.torch import save_file
 
+from kdforge import load_model
+from kdforge.cli import main
 from kdforge.models import create_model
 from kdforge.models.vit.convert import convert_timm_vit
 
@@ -52,3 +55,16 @@ def test_timm_vit_converts_to_the_zoo_vit(timm_name, zoo_name):
 def test_torchvision_prefix_builds_the_library_model():
     model = create_model("torchvision/resnet18", num_classes=7)
     assert type(model) is torchvision.models.ResNet and model.fc.out_features == 7
+
+
+def test_kdforge_convert_timm_gives_a_zoo_vit_file(tmp_path):
+    torch.manual_seed(0)
+    reference = timm.create_model("vit_small_patch16_224", num_classes=5).eval()
+    for p in reference.parameters():
+        p.data.normal_(0, 0.02)
+    save_file(reference.state_dict(), str(tmp_path / "vit_small.safetensors"))
+    main(["convert", "timm", str(tmp_path / "vit_small.safetensors"), str(tmp_path / "zoo.pth")])
+    model = load_model(tmp_path / "zoo.pth").eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert (model(x) - reference(x)).abs().max() <= 1e-5

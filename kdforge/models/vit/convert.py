@@ -1,21 +1,28 @@
 """timm Vision Transformer weights mapped onto the zoo's (torchvision-keyed) ViT.
 
-timm's ``vit_*_patch16_*`` models and torchvision's ``vit_*_16`` compute the same function
-(pre-norm blocks, fused q/k/v projection in q, k, v order, exact GELU, LayerNorm eps 1e-6,
-a class token whose position is in the position table): only the names differ.
+timm's ``vit_*_patch16_224`` models (and DeiT's) and torchvision's ``vit_*_16`` compute the
+same function (pre-norm blocks, fused q/k/v projection in q, k, v order, exact GELU,
+LayerNorm eps 1e-6, a class token whose position is in the position table): only the names
+differ. ``kdforge convert timm SRC DST`` writes such a checkpoint as a zoo ViT file.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
 from kdforge.errors import CheckpointError
+from kdforge.models._convert import Conversion
+from kdforge.models.factory import create_model
 from kdforge.models.loading import read_state_dict
 
-__all__ = ["convert_timm_vit", "convert_timm_vit_checkpoint"]
+__all__ = ["convert_timm", "convert_timm_vit"]
+
+# embedding width -> zoo ViT of that width (all 12 layers, patch 16, 224x224)
+_WIDTHS = {192: "vit_ti_16", 384: "vit_s_16", 768: "vit_b_16"}
 
 # timm name (blocks.<i>. stripped) -> zoo name (encoder.layers.encoder_layer_<i>. stripped)
 _BLOCK = {
@@ -66,6 +73,32 @@ def convert_timm_vit(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def convert_timm_vit_checkpoint(path: str | Path) -> dict[str, Tensor]:
-    """Read a timm ViT checkpoint (``.pth``/``.bin``/``.safetensors``) and convert it."""
-    return convert_timm_vit(read_state_dict(path))
+def convert_timm(
+    src: str | Path, config: str | None = None, model: str | None = None, **overrides: Any
+) -> Conversion:
+    """Convert a timm ViT checkpoint (``.pth``/``.bin``/``.safetensors``) to the zoo ViT of
+    its width, checked by a strict load (``config`` is unused: the weights say everything).
+
+    Raises:
+        CheckpointError: keys the zoo ViT lacks, no classifier, an unknown width, a patch
+            size or image size other than the zoo's, or weights that do not load strictly.
+    """
+    del config  # the interface of the OpenMMLab converters; timm files need no config name
+    state = convert_timm_vit(read_state_dict(src))
+    if "heads.head.weight" not in state or "conv_proj.weight" not in state:
+        raise CheckpointError(f"{src}: a timm ViT with a classifier head is needed")
+    width, _, patch, _ = state["conv_proj.weight"].shape
+    tokens = state["encoder.pos_embedding"].shape[1]
+    if patch != 16 or tokens != 197 or (model is None and width not in _WIDTHS):
+        raise CheckpointError(
+            f"{src}: width {width}, patch {patch}, {tokens} tokens; the zoo ViTs are patch 16 "
+            f"at 224x224 (197 tokens) of width {', '.join(map(str, _WIDTHS))}"
+        )
+    name = model or _WIDTHS[width]
+    kwargs = {"num_classes": state["heads.head.weight"].shape[0], **overrides}
+    try:
+        create_model(name, **kwargs).load_state_dict(state, strict=True)
+    except RuntimeError as err:  # missing, unexpected or misshapen keys
+        raise CheckpointError(f"{src} does not fit {name}: {err}") from None
+    origin = {k: "option" if k in overrides else "weights" for k in kwargs}
+    return Conversion(name, kwargs, origin, state)
