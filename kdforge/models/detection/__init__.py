@@ -1,7 +1,9 @@
-"""Dense object detectors in plain PyTorch: ResNet/ResNeXt-FPN with RetinaNet, FCOS, ATSS, GFL.
+"""Object detectors in plain PyTorch: ResNet/ResNeXt-FPN with RetinaNet, FCOS, ATSS, GFL and
+Faster R-CNN.
 
 Importing this package registers ``{retinanet,fcos,atss,gfl}_r{18,50,101}_fpn``,
-``retinanet_x101_{32x4d,64x4d}_fpn`` and ``fcos_x101_64x4d_fpn`` under the
+``retinanet_x101_{32x4d,64x4d}_fpn``, ``fcos_x101_64x4d_fpn`` and
+``faster_rcnn_r{18,50,101}_fpn`` under the
 ``"detection"`` family. Parameter names are mmdetection's, so its checkpoints load
 through :func:`convert_mmdet`.
 """
@@ -15,10 +17,14 @@ from kdforge.models.detection.convert import (
     detect_mmdet_model,
 )
 from kdforge.models.detection.detector import DenseDetector
+from kdforge.models.detection.faster_rcnn import build_faster_rcnn
 from kdforge.models.detection.fcos import FCOSHead
 from kdforge.models.detection.fpn import FPN
 from kdforge.models.detection.gfl import GFLHead
 from kdforge.models.detection.retinanet import RetinaHead
+from kdforge.models.detection.roi_head import StandardRoIHead
+from kdforge.models.detection.rpn_head import RPNHead
+from kdforge.models.detection.two_stage import TwoStageDetector
 from kdforge.models.detection.zoo import build_detector
 
 __all__ = [
@@ -29,10 +35,14 @@ __all__ = [
     "DenseHead",
     "FCOSHead",
     "GFLHead",
+    "RPNHead",
     "ResNetBackbone",
     "RetinaHead",
     "Scale",
+    "StandardRoIHead",
+    "TwoStageDetector",
     "build_detector",
+    "build_faster_rcnn",
     "convert_mmdet",
     "convert_mmdet_checkpoint",
     "detect_mmdet_model",

@@ -6,7 +6,9 @@ stride-2 3x3 convs give ``P6`` (from ``C5`` with ``add_extra_convs="on_input"``,
 RetinaNet; from ``P5`` with ``"on_output"``, FCOS/ATSS/GFL) and ``P7`` (from ``P6``, after
 a ReLU with ``relu_before_extra_convs``, FCOS). No norm, no activation, conv biases.
 Every pyramid level is the output of the module ``fpn_convs.{i}``, so forward hooks on
-``neck.fpn_convs.0`` .. ``neck.fpn_convs.4`` read ``P3`` .. ``P7``.
+``neck.fpn_convs.0`` .. ``neck.fpn_convs.4`` read ``P3`` .. ``P7``. Faster R-CNN uses
+``start_level=0`` and ``add_extra_convs=None``: ``P2..P5`` from ``fpn_convs.0..3`` and
+``P6`` = 1x1 max-pool with stride 2 of ``P5`` (the parameter-free ``extra_pools.0``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ class FPN(nn.Module):
         start_level: first backbone output used (1: ``C3``).
         num_outs: pyramid levels; those beyond the backbone come from extra convs.
         add_extra_convs: source of the first extra level: ``"on_input"`` (last backbone
-            output), ``"on_lateral"`` (last lateral) or ``"on_output"`` (last pyramid level).
+            output), ``"on_lateral"`` (last lateral) or ``"on_output"`` (last pyramid level);
+            ``None``: every extra level is a stride-2 max-pool of the previous one.
         relu_before_extra_convs: apply a (non in-place) ReLU before the second and later
             extra convs.
     """
@@ -41,11 +44,11 @@ class FPN(nn.Module):
         out_channels: int = 256,
         start_level: int = 1,
         num_outs: int = 5,
-        add_extra_convs: str = "on_input",
+        add_extra_convs: str | None = "on_input",
         relu_before_extra_convs: bool = False,
     ) -> None:
         super().__init__()
-        if add_extra_convs not in ("on_input", "on_lateral", "on_output"):
+        if add_extra_convs not in ("on_input", "on_lateral", "on_output", None):
             raise ValueError(f"unknown add_extra_convs {add_extra_convs!r}")
         self.in_channels = tuple(in_channels)
         self.start_level, self.num_outs = start_level, num_outs
@@ -56,7 +59,12 @@ class FPN(nn.Module):
         for chs in self.in_channels[start_level:]:
             self.lateral_convs.append(ConvModule(chs, out_channels, 1, act=False))
             self.fpn_convs.append(ConvModule(out_channels, out_channels, 3, padding=1, act=False))
-        for i in range(num_outs - len(self.lateral_convs)):
+        num_extra = num_outs - len(self.lateral_convs)
+        # mmdetection's F.max_pool2d(x, 1, stride=2), as modules so that hooks can read them
+        self.extra_pools = nn.ModuleList(
+            nn.MaxPool2d(1, stride=2) for _ in range(num_extra if add_extra_convs is None else 0)
+        )
+        for i in range(num_extra if add_extra_convs is not None else 0):
             chs = self.in_channels[-1] if i == 0 and add_extra_convs == "on_input" else out_channels
             self.fpn_convs.append(ConvModule(chs, out_channels, 3, stride=2, padding=1, act=False))
         for m in self.modules():  # mmdetection: Xavier-uniform weights, zero biases
@@ -65,7 +73,8 @@ class FPN(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
-        """Backbone outputs ``C2..C5`` -> ``num_outs`` levels ``P3..P7`` (strides 8-128)."""
+        """Backbone outputs ``C2..C5`` -> ``num_outs`` levels (``P3..P7``, strides 8-128,
+        for ``start_level=1``)."""
         if len(inputs) != len(self.in_channels):
             raise ValueError(f"FPN expects {len(self.in_channels)} inputs, got {len(inputs)}")
         laterals = [conv(inputs[i + self.start_level]) for i, conv in enumerate(self.lateral_convs)]
@@ -75,7 +84,9 @@ class FPN(nn.Module):
             )
         used = len(laterals)
         outs = [self.fpn_convs[i](laterals[i]) for i in range(used)]
-        if self.num_outs > used:
+        for pool in self.extra_pools:
+            outs.append(pool(outs[-1]))
+        if self.num_outs > used and self.add_extra_convs is not None:
             source = {
                 "on_input": inputs[-1],
                 "on_lateral": laterals[-1],

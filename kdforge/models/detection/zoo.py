@@ -1,6 +1,7 @@
-"""Registered detectors: ``{retinanet,fcos,atss,gfl}_r{18,50,101}_fpn`` and the ResNeXt-101
-ones of mmdetection's model zoo that distillation papers use as teachers:
-``retinanet_x101_{32x4d,64x4d}_fpn`` and ``fcos_x101_64x4d_fpn``.
+"""Registered detectors: ``{retinanet,fcos,atss,gfl}_r{18,50,101}_fpn``, the ResNeXt-101
+ones of mmdetection's model zoo that distillation papers use as teachers
+(``retinanet_x101_{32x4d,64x4d}_fpn`` and ``fcos_x101_64x4d_fpn``), and the two-stage
+``faster_rcnn_r{18,50,101}_fpn`` (see :mod:`~kdforge.models.detection.faster_rcnn`).
 
 Each follows its mmdetection config (see the head modules for the exact settings):
 
@@ -24,12 +25,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from torch import nn
+
 from kdforge.errors import ConfigError
 from kdforge.models._registry import register_model
 from kdforge.models.detection._dense_head import DenseHead
 from kdforge.models.detection.atss import ATSSHead
 from kdforge.models.detection.backbone import ResNetBackbone
 from kdforge.models.detection.detector import DenseDetector
+from kdforge.models.detection.faster_rcnn import build_faster_rcnn
 from kdforge.models.detection.fcos import FCOSHead
 from kdforge.models.detection.fpn import FPN
 from kdforge.models.detection.gfl import GFLHead
@@ -130,7 +134,7 @@ def _builder(
     return build
 
 
-def _register(name: str, build: Callable[..., DenseDetector]) -> None:
+def _register(name: str, build: Callable[..., nn.Module]) -> None:
     register_model(name, input_size=(3, 800, 1333), family="detection", num_classes=80)(build)
 
 
@@ -139,3 +143,16 @@ for _kind in DETECTORS:
         _register(f"{_kind}_r{_depth}_fpn", _builder(f"{_kind}_r{_depth}_fpn", _kind, _depth))
 for _name, (_kind, _backbone) in _RESNEXT.items():
     _register(_name, _builder(_name, _kind, 101, _backbone))
+
+
+def _faster_rcnn_builder(depth: int) -> Callable[..., nn.Module]:
+    def build(num_classes: int = 80, **kwargs) -> nn.Module:
+        return build_faster_rcnn(depth, num_classes, **kwargs)
+
+    build.__name__ = f"faster_rcnn_r{depth}_fpn"
+    build.__doc__ = f"Faster R-CNN on ResNet-{depth} FPN (mmdetection defaults)."
+    return build
+
+
+for _depth in _DEPTHS:
+    _register(f"faster_rcnn_r{_depth}_fpn", _faster_rcnn_builder(_depth))
