@@ -27,6 +27,7 @@ COMMANDS = {
     "bench": "kdforge.commands.bench",
     "cache-teacher": "kdforge.commands.cache_teacher",
     "check-data": "kdforge.commands.check_data",
+    "weights": "kdforge.commands.weights",
 }
 
 EXAMPLES = """examples:
@@ -45,6 +46,7 @@ EXAMPLES = """examples:
   kdforge demo
   kdforge demo --task detection
   kdforge demo --task segmentation
+  kdforge weights fetch --recipe RECIPE.yaml
 """
 
 

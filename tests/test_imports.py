@@ -1,7 +1,7 @@
 """Imports run one way (DESIGN.md) and form no cycle, lazy imports inside functions included.
 
 Layers, lowest first: errors/config < taps, models < losses < teacher, distiller (and the
-package's public API) < data, cache < engine < analysis < commands < cli. A module may
+package's public API) < data, cache < engine < analysis < commands, weights < cli. A module may
 import its own layer or a lower one.
 """
 
@@ -22,7 +22,7 @@ LAYERS = [
     ("kdforge.data", "kdforge.cache"),
     ("kdforge.engine",),
     ("kdforge.analysis",),
-    ("kdforge.commands",),
+    ("kdforge.commands", "kdforge.weights"),  # weights converts with commands.convert
     ("kdforge.cli", "kdforge.__main__"),
 ]
 
