@@ -12,7 +12,7 @@ import yaml
 from kdforge.errors import ConfigError
 
 __all__ = [
-    "RECIPE_ROOTS",
+    "RECIPES",
     "WEIGHT_KEYS",
     "recipe_files",
     "recipe_label",
@@ -22,22 +22,17 @@ __all__ = [
 ]
 
 WEIGHT_KEYS = ("pretrained", "backbone_pretrained")
-_PACKAGE = Path(__file__).resolve().parents[1]
-# the shipped recipes: package data (kdforge/recipes/) or, in a source checkout, configs/
-RECIPE_ROOTS = (_PACKAGE / "recipes", _PACKAGE.parent / "configs")
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"  # the shipped recipes (package data)
 
 
 def recipe_files() -> list[Path]:
     """Every shipped recipe file, sorted."""
-    return sorted(p for root in RECIPE_ROOTS if root.is_dir() for p in root.rglob("*.yaml"))
+    return sorted(RECIPES.rglob("*.yaml"))
 
 
 def recipe_label(path: Path) -> str:
-    """A shipped recipe by its path in its root (``coco/fcos/fcos_r50_fpn_1x.yaml``)."""
-    for root in RECIPE_ROOTS:
-        if path.is_relative_to(root):
-            return path.relative_to(root).as_posix()
-    return str(path)
+    """A shipped recipe by its path in kdforge/recipes (``coco/fcos/fcos_r50_fpn_1x.yaml``)."""
+    return path.relative_to(RECIPES).as_posix() if path.is_relative_to(RECIPES) else str(path)
 
 
 def _weight_values(node: Any) -> Iterator[str]:
@@ -76,16 +71,14 @@ def recipe_weights() -> dict[str, tuple[str, ...]]:
 
 
 def resolve_recipe(recipe: str) -> Path:
-    """``recipe`` as a file: a path, or a shipped recipe by its path in its root (``.yaml``
-    optional): ``coco/fcos/fcos_r50_fpn_1x``.
+    """``recipe`` as a file: a path, or a shipped recipe by its path in kdforge/recipes
+    (``.yaml`` optional): ``coco/fcos/fcos_r50_fpn_1x``.
 
     Raises:
         ConfigError: no such recipe.
     """
     names = [recipe] if recipe.endswith(".yaml") else [recipe, f"{recipe}.yaml"]
-    candidates = [Path(name) for name in names]
-    candidates += [root / name for root in RECIPE_ROOTS for name in names]
-    for candidate in candidates:
+    for candidate in [*map(Path, names), *(RECIPES / name for name in names)]:
         if candidate.is_file():
             return candidate
     raise ConfigError(f"recipe {recipe} not found: give a YAML file or a shipped recipe's name")
