@@ -13,7 +13,7 @@ from kdforge.config import load_config
 from kdforge.data.shapes import SEMANTIC_CLASSES, write_shapes_dataset
 from kdforge.engine.build import build_trainer
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "kdforge" / "recipes"
 FPN4 = [f"neck.fpn_convs.{i}" for i in range(4)]
 DET_CANKD = {"student_layers": FPN4, "weight": 10.0}
 DAGGER = {**DET_CANKD, "init_from_teacher": ["neck", "bbox_head"]}

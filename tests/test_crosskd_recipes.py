@@ -13,7 +13,7 @@ from kdforge.config import load_config
 from kdforge.data.shapes import write_shapes_dataset
 from kdforge.engine.build import build_trainer
 
-COCO = Path(__file__).resolve().parents[1] / "configs" / "coco"
+COCO = Path(__file__).resolve().parents[1] / "kdforge" / "recipes" / "coco"
 # stem -> (official config stem, AP teacher/student/CrossKD/CrossKD+PKD (None: not in the
 # README), teacher, student, stage, crosskd loss weights, PKD weight, epochs)
 ROWS = {

@@ -13,7 +13,7 @@ from kdforge.config import load_config
 from kdforge.data.shapes import write_shapes_dataset
 from kdforge.engine.build import build_trainer
 
-COCO = Path(__file__).resolve().parents[1] / "configs" / "coco"
+COCO = Path(__file__).resolve().parents[1] / "kdforge" / "recipes" / "coco"
 # recipe (relative to configs/coco) -> (epochs, mmdetection config, README box AP)
 EXPECTED = {
     "retinanet/retinanet_r50_fpn_1x.yaml": (12, "retinanet/retinanet_r50_fpn_1x_coco.py", 36.5),

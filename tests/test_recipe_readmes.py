@@ -1,4 +1,4 @@
-"""The configs/ READMEs name recipes that exist, and the CAT-KD rows all have a recipe."""
+"""The recipe READMEs (kdforge/recipes/) name recipes that exist, and the CAT-KD rows all have a recipe."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "kdforge" / "recipes"
 READMES = sorted(CONFIGS.rglob("README.md"))
 YAML_NAME = re.compile(r"`([\w./-]+\.yaml)`")
 
@@ -36,4 +36,4 @@ def test_readme_names_existing_recipes(readme):
 def test_every_classification_recipe_is_in_a_readme(folder):
     named = set().union(*(named_recipes(r) for r in READMES))
     missing = [p.name for p in sorted((CONFIGS / folder).glob("*.yaml")) if p not in named]
-    assert not missing, f"configs/{folder}: no README row names {missing}"
+    assert not missing, f"kdforge/recipes/{folder}: no README row names {missing}"

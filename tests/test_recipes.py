@@ -15,7 +15,7 @@ from kdforge.config import load_config
 from kdforge.data import write_fake_cifar
 from kdforge.engine.build import build_trainer
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "kdforge" / "recipes"
 # The recipes of the cakd term need its data options: tests/losses/test_cakd.py runs them;
 # COCO detection recipes need COCO-format data: tests/test_detection_recipes.py runs them.
 # Cityscapes segmentation recipes: tests/test_segmentation_recipes.py runs them.

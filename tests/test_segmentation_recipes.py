@@ -13,7 +13,7 @@ from kdforge.config import load_config
 from kdforge.data.shapes import SEMANTIC_CLASSES, write_shapes_dataset
 from kdforge.engine.build import build_trainer
 
-CITYSCAPES = Path(__file__).resolve().parents[1] / "configs" / "cityscapes"
+CITYSCAPES = Path(__file__).resolve().parents[1] / "kdforge" / "recipes" / "cityscapes"
 # recipe (relative to configs/cityscapes) -> (model, mmsegmentation config, README mIoU)
 EXPECTED = {
     "pspnet/pspnet_r18-d8_4xb2-80k_512x1024.yaml": (

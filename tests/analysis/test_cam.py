@@ -15,7 +15,7 @@ from kdforge.config import load_config
 from kdforge.data import write_fake_cifar
 from kdforge.models import create_model
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "kdforge" / "recipes"
 
 
 def _images(folder: Path, sizes: list[tuple[int, int]]) -> list[Path]:

@@ -253,7 +253,7 @@ def test_every_detection_recipe_groups_by_aspect_ratio() -> None:
 
     from kdforge.config import load_config
 
-    recipes = sorted((Path(__file__).parents[2] / "configs" / "coco").rglob("*.yaml"))
+    recipes = sorted((Path(__file__).parents[2] / "kdforge" / "recipes" / "coco").rglob("*.yaml"))
     assert len(recipes) > 30
     for recipe in recipes:
         assert load_config(recipe).data.group_by_aspect_ratio, recipe.name

@@ -190,7 +190,7 @@ FCOS_RECIPES = [
 def test_fcos_recipes_train_groupnorm_biases_at_lr_x1_without_decay():
     # mmdetection FCOS paramwise_cfg=dict(bias_lr_mult=2., bias_decay_mult=0.): mmengine
     # leaves normalisation biases out of bias_lr_mult, but bias_decay_mult reaches them
-    configs = Path(__file__).resolve().parents[2] / "configs"
+    configs = Path(__file__).resolve().parents[2] / "kdforge" / "recipes"
     cfg = load_config(configs / FCOS_RECIPES[0])
     kwargs = {k: v for k, v in cfg.student.kwargs.items() if k != "backbone_pretrained"}
     student = create_model(cfg.student.name, **kwargs)
@@ -240,7 +240,7 @@ def test_cakd_recipes_warm_up_student_and_discriminator_per_epoch():
     teacher = VisionTransformer(32, 4, 2, 2, 64, 128, num_classes=10)
     student = create_model("resnet8", 10)
     distiller = Distiller(teacher, student, {"cakd": CAKDLoss()}, torch.zeros(2, 3, 32, 32))
-    recipes = Path(__file__).resolve().parents[2] / "configs" / "imagenet" / "cakd"
+    recipes = Path(__file__).resolve().parents[2] / "kdforge" / "recipes" / "imagenet" / "cakd"
     for recipe in ("vit_b16_resnet50.yaml", "vit_ti16_resnet18.yaml"):
         cfg = load_config(recipes / recipe)
         assert cfg.schedule.warmup_by == "epoch"

@@ -34,7 +34,7 @@ from kdforge.losses._cakd_modules import token_groups
 from kdforge.losses.cakd import adversarial_loss, discriminator_loss, gan_loss, pca_loss
 from kdforge.models.vit import VisionTransformer
 
-RECIPES = Path(__file__).resolve().parents[2] / "configs" / "imagenet" / "cakd"
+RECIPES = Path(__file__).resolve().parents[2] / "kdforge" / "recipes" / "imagenet" / "cakd"
 # Config keys the CAKD recipes use that the trainer/build wiring adds (see the CAKD report).
 PROPOSED = {"data": ["mixup_alpha", "repeated_aug"], "optim": ["norm_weight_decay"]}
 PROPOSED["train"] = ["ema_decay", "ema_steps"]

@@ -240,7 +240,7 @@ def test_cankd_dagger_fcos_loads_non_strictly_and_names_what_it_left():
     ],
 )
 def test_cankd_dagger_fcos_recipes_keep_their_test_settings(recipe, official, nms_pre, max_per_img):
-    path = Path(__file__).resolve().parents[2] / "configs" / "coco" / "cankd" / recipe
+    path = Path(__file__).resolve().parents[2] / "kdforge" / "recipes" / "coco" / "cankd" / recipe
     assert path.read_text().startswith(f"# CanKD configs/distill/mmdet/nlkd/{official}_r101_")
     cfg = load_config(path)
     kwargs = {k: v for k, v in cfg.student.kwargs.items() if k != "backbone_pretrained"}
