@@ -208,7 +208,7 @@ class StandardRoIHead(nn.Module):
         loss_cls = weight_reduce(
             F.cross_entropy(cls_score, labels, reduction="none"), avg_factor=max(num_rois, 1)
         )
-        pos_pred = bbox_pred.view(num_rois, -1, 4)[pos, labels[pos]]
+        pos_pred = bbox_pred.view(num_rois, self.num_classes, 4)[pos, labels[pos]]
         loss_bbox = l1_loss(pos_pred, torch.cat(target_deltas), avg_factor=num_rois)
         return {"loss_cls": loss_cls, "loss_bbox": loss_bbox}
 
