@@ -28,10 +28,12 @@ COMMANDS = {
     "cache-teacher": "kdforge.commands.cache_teacher",
     "check-data": "kdforge.commands.check_data",
     "weights": "kdforge.commands.weights",
+    "recipes": "kdforge.commands.recipes",
 }
 
 EXAMPLES = """examples:
-  kdforge train configs/cifar100/kd/resnet32x4_resnet8x4.yaml --set data.root=~/data
+  kdforge recipes cifar100/kd
+  kdforge train cifar100/kd/resnet32x4_resnet8x4 --set data.root=~/data
   torchrun --nproc_per_node 4 -m kdforge train RECIPE.yaml
   kdforge train --resume runs/resnet32x4_resnet8x4-20261121-101500
   kdforge check-data RECIPE.yaml --set data.root=~/data

@@ -16,7 +16,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="recipe YAML")
+    parser.add_argument("config", help="recipe YAML or shipped recipe name (kdforge recipes)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs to store (default: all)")
     parser.add_argument("--out", default=None, help="cache folder (default: runs/<recipe>-cache)")
     parser.add_argument("--topk", type=int, default=None, help="logits kept (default: min(K, 100))")

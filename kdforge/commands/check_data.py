@@ -19,7 +19,7 @@ SPLITS = ("train", "val")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="recipe YAML")
+    parser.add_argument("config", help="recipe YAML or shipped recipe name (kdforge recipes)")
     parser.add_argument(
         "--split", nargs="+", choices=SPLITS, default=list(SPLITS), help="splits to check"
     )

@@ -15,7 +15,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="recipe YAML")
+    parser.add_argument("config", help="recipe YAML or shipped recipe name (kdforge recipes)")
     parser.add_argument("--checkpoint", help="weights of --model: run checkpoint or export")
     add_role(parser)
     parser.add_argument("--out", default="confusion", help="output folder")

@@ -14,7 +14,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="recipe YAML")
+    parser.add_argument("config", help="recipe YAML or shipped recipe name (kdforge recipes)")
     parser.add_argument(
         "--checkpoint",
         required=True,

@@ -12,7 +12,9 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="recipe YAML (or use --teacher/--student)")
+    parser.add_argument(
+        "config", nargs="?", help="recipe YAML or shipped recipe name (or use --teacher/--student)"
+    )
     parser.add_argument("--teacher", help="model name (zoo, torchvision/..., timm/..., hf/DIR)")
     parser.add_argument("--student", help="model name (zoo, torchvision/..., timm/..., hf/DIR)")
     parser.add_argument(

@@ -17,7 +17,9 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="recipe YAML (optional with --resume)")
+    parser.add_argument(
+        "config", nargs="?", help="recipe YAML or shipped recipe name (optional with --resume)"
+    )
     add_overrides(parser)
     parser.add_argument(
         "--resume", metavar="RUN_DIR", help="continue a run from its last.pt with its saved config"

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kinds = parser.add_subparsers(dest="what", required=True, metavar="WHAT")
     for name, text in KINDS.items():
         sub = kinds.add_parser(name, help=text, description=text)
-        sub.add_argument("config", help="recipe YAML (teacher and student)")
+        sub.add_argument("config", help="recipe YAML or shipped recipe name (teacher and student)")
         sub.add_argument("--checkpoint", help="student weights: run checkpoint or export")
         sub.add_argument("--images", nargs="+", required=True, help="image files to draw")
         sub.add_argument("--out", default="visualize", help="output folder for the PNGs")

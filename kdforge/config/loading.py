@@ -10,6 +10,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from kdforge.config.recipes import resolve_recipe
 from kdforge.config.rules import _omegaconf_message, _one_line, validate_config
 from kdforge.config.schema import Config
 from kdforge.errors import ConfigError
@@ -84,7 +85,7 @@ def _read_recipe(path: Path) -> DictConfig:
     if path.is_dir():
         raise ConfigError(f"config {str(path)!r} is a folder; give a recipe file (.yaml)")
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+        raise ConfigError(f"config {str(path)!r} is not a regular file; give a recipe file (.yaml)")
     try:
         recipe = OmegaConf.load(path)
     except yaml.MarkedYAMLError as err:
@@ -123,10 +124,14 @@ def _read_override(item: str) -> DictConfig:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
     """Load a recipe over the defaults and apply ``key=value`` overrides, in that order;
-    then check every value (:func:`validate_config`)."""
+    then check every value (:func:`validate_config`).
+
+    ``path`` is a YAML file or, when no file has that name, a shipped recipe's name
+    (``cifar100/kd/resnet32x4_resnet8x4``; :func:`kdforge.config.recipes.resolve_recipe`).
+    """
     cfg = OmegaConf.structured(Config)
     if path is not None:
-        cfg = _merge(cfg, _read_recipe(Path(path)), str(path))
+        cfg = _merge(cfg, _read_recipe(resolve_recipe(path)), str(path))
     for item in overrides or []:
         cfg = _merge(cfg, _read_override(item), f"--set {item}")
     validate_config(cfg)
