@@ -45,6 +45,10 @@ def test_assigner_settings_of_both_stages() -> None:
     # no low-quality matches in the R-CNN: a box whose best IoU is 0.4 gets no positive
     assert roi.assign(priors[1:], gt).tolist() == [0, 0]
     assert rpn.assign(priors[1:], gt).tolist() == [1, 0]
+    # IoU 0.8 and 0.625: the RPN ignores 0.625 (between 0.3 and 0.7), the R-CNN takes it
+    priors = torch.tensor([[0.0, 0.0, 10.0, 12.5], [0.0, 0.0, 10.0, 16.0]])
+    assert rpn.assign(priors, gt).tolist() == [1, -1]
+    assert roi.assign(priors, gt).tolist() == [1, 1]
 
 
 def test_sampler_caps_positives_and_fills_with_negatives() -> None:
