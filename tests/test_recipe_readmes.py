@@ -1,4 +1,4 @@
-"""The recipe READMEs (kdforge/recipes/) name recipes that exist, and the CAT-KD rows all have a recipe."""
+"""The recipe READMEs (kdforge/recipes/) name recipes that exist; every CAT-KD row has one."""
 
 from __future__ import annotations
 
