@@ -40,8 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _selected(args: argparse.Namespace) -> list[Entry]:
     """The entries the arguments name, checked before anything is downloaded."""
+    from kdforge.config.recipes import resolve_recipe
     from kdforge.weights import CATALOGUE, EXCLUDED, entry_for_path, get_entries
-    from kdforge.weights.recipes import resolve_recipe, weight_paths
+    from kdforge.weights.recipes import weight_paths
 
     if args.all:
         return list(CATALOGUE)

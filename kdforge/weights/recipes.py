@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from kdforge.config.recipes import RECIPES_DIR as RECIPES
 from kdforge.errors import ConfigError
 
 __all__ = [
@@ -17,12 +18,10 @@ __all__ = [
     "recipe_files",
     "recipe_label",
     "recipe_weights",
-    "resolve_recipe",
     "weight_paths",
 ]
 
 WEIGHT_KEYS = ("pretrained", "backbone_pretrained")
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"  # the shipped recipes (package data)
 
 
 def recipe_files() -> list[Path]:
@@ -68,17 +67,3 @@ def recipe_weights() -> dict[str, tuple[str, ...]]:
         for path in weight_paths(recipe):
             found.setdefault(path, []).append(recipe_label(recipe))
     return {path: tuple(recipes) for path, recipes in found.items()}
-
-
-def resolve_recipe(recipe: str) -> Path:
-    """``recipe`` as a file: a path, or a shipped recipe by its path in kdforge/recipes
-    (``.yaml`` optional): ``coco/fcos/fcos_r50_fpn_1x``.
-
-    Raises:
-        ConfigError: no such recipe.
-    """
-    names = [recipe] if recipe.endswith(".yaml") else [recipe, f"{recipe}.yaml"]
-    for candidate in [*map(Path, names), *(RECIPES / name for name in names)]:
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"recipe {recipe} not found: give a YAML file or a shipped recipe's name")
