@@ -92,7 +92,7 @@ def test_a_recipe_naming_a_file_of_its_own(local_catalogue, tmp_path, capsys):
     [
         (["fetch", "resnet5"], "no weights called 'resnet5'; did you mean resnet50"),
         (["fetch"], "name the weights to fetch: NAME..., --all or --recipe RECIPE"),
-        (["fetch", "--recipe", "nope/none"], "'nope/none' does not exist and no shipped recipe"),
+        (["fetch", "--recipe", "nope/none"], "config file 'nope/none' does not exist"),
     ],
 )
 def test_bad_arguments_are_one_line_errors_before_any_download(argv, message, server, tmp_path):
