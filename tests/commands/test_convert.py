@@ -197,3 +197,37 @@ def test_load_model_without_metadata_says_what_to_use(suffix, tmp_path):
         f"{path} does not name its model (not written by kdforge export or convert); "
         "load it with create_model(name, pretrained=...)"
     )
+
+
+FRCNN_SMALL = {"fpn_channels": 32, "feat_channels": 32, "fc_out_channels": 64}
+
+
+@pytest.mark.parametrize(
+    ("file_name", "style"),
+    [
+        ("faster_rcnn_r18_fpn_2x_coco_bbox_mAP-0.398_20200504_210455-1d2dac9c", "pytorch"),
+        ("faster-rcnn_r18-caffe_fpn_1x_coco", "caffe"),
+    ],
+)
+def test_faster_rcnn_is_detected_and_its_style_read_from_the_name(file_name, style, tmp_path):
+    original = create_model("faster_rcnn_r18_fpn", num_classes=3, **FRCNN_SMALL, style=style)
+    original = _randomised(original)
+    src = tmp_path / f"{file_name}.pth"
+    _save_mmlab(original, src)
+    out = convert("mmdet", src, tmp_path / "converted.safetensors")
+    metadata = _metadata(out)
+    assert metadata["model_name"] == "faster_rcnn_r18_fpn" and metadata["num_classes"] == "3"
+    stored = json.loads(metadata["model_kwargs"])
+    assert stored.items() >= {**FRCNN_SMALL, "style": style}.items()
+    assert stored["norm_requires_grad"] == (style == "pytorch")
+    rebuilt = load_model(out).eval()
+    assert _same(rebuilt, original)
+    state = rebuilt.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in original.state_dict().items())
+
+
+def test_faster_rcnn_without_a_config_name_is_refused(tmp_path):
+    src = tmp_path / "teacher.pth"
+    _save_mmlab(create_model("faster_rcnn_r18_fpn", num_classes=3, **FRCNN_SMALL), src)
+    with pytest.raises(CheckpointError, match="do not carry style: pass --kwarg style=caffe"):
+        convert("mmdet", src, tmp_path / "out.safetensors")

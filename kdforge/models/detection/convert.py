@@ -1,4 +1,5 @@
-"""Load mmdetection checkpoints of RetinaNet, FCOS, ATSS and GFL (ResNet/ResNeXt-FPN) into ours.
+"""Load mmdetection checkpoints of RetinaNet, FCOS, ATSS, GFL and Faster R-CNN
+(ResNet/ResNeXt-FPN) into ours.
 
 Our parameter names are mmdetection's (``backbone.layer1.0.conv1.weight``,
 ``neck.lateral_convs.0.conv.weight``, ``bbox_head.cls_convs.0.gn.weight``,
@@ -58,6 +59,7 @@ MMDET_FLAGS: dict[str, dict[str, str]] = {
     },
     "atss": {"style": "caffe|pytorch"},
     "gfl": {"style": "caffe|pytorch"},
+    "faster_rcnn": {"style": "caffe|pytorch"},
 }
 _DEFORMABLE = ("dcn", "dconv", "mdconv")  # name tokens of deformable-conv configs
 
@@ -89,17 +91,37 @@ def _backbone_name(state: dict[str, Tensor]) -> str:
     return f"x{depth}_{inner // per_group}x{per_group}d"  # layer1: inner = groups * base_width
 
 
+def _kind_of(name: str) -> tuple[str, list[str]]:
+    """``"faster_rcnn_x101_64x4d_fpn"`` -> ``("faster_rcnn", ["x101", "64x4d"])``."""
+    kind = "faster_rcnn" if name.startswith("faster_rcnn_") else name.split("_")[0]
+    return kind, name.removeprefix(f"{kind}_").split("_")[:-1]
+
+
+def _detect_faster_rcnn(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
+    name = f"faster_rcnn_{_backbone_name(state)}_fpn"
+    if name not in list_models("detection"):
+        raise CheckpointError(f"no registered detector {name!r} for this checkpoint")
+    return name, {
+        "num_classes": state["roi_head.bbox_head.fc_cls.weight"].shape[0] - 1,  # + background
+        "fpn_channels": state["neck.lateral_convs.0.conv.weight"].shape[0],
+        "feat_channels": state["rpn_head.rpn_conv.weight"].shape[0],
+        "fc_out_channels": state["roi_head.bbox_head.shared_fcs.0.weight"].shape[0],
+    }
+
+
 def detect_mmdet_model(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
     """The registered name and builder keywords of the detector a state dict describes.
 
     Returns:
         e.g. ``("gfl_r50_fpn", {"num_classes": 80, "feat_channels": 256, ...})``.
     """
+    if "rpn_head.rpn_conv.weight" in state and "roi_head.bbox_head.fc_cls.weight" in state:
+        return _detect_faster_rcnn(state)
     kind = next((k for p, k in _HEAD_KINDS.items() if f"bbox_head.{p}.weight" in state), None)
     if kind is None:
         raise CheckpointError(
-            "not an mmdetection RetinaNet/FCOS/ATSS/GFL checkpoint: no bbox_head."
-            f"{{{','.join(_HEAD_KINDS)}}}.weight key"
+            "not an mmdetection RetinaNet/FCOS/ATSS/GFL/Faster R-CNN checkpoint: no bbox_head."
+            f"{{{','.join(_HEAD_KINDS)}}}.weight key and no rpn_head + roi_head"
         )
     name = f"{kind}_{_backbone_name(state)}_fpn"
     if name not in list_models("detection"):
@@ -138,9 +160,11 @@ def mmdet_name_flags(config_name: str, model_name: str) -> dict[str, Any] | None
             or deformable convolutions (not implemented).
     """
     tokens = config_tokens(config_name)
+    if tokens[:2] == ["faster", "rcnn"]:  # faster-rcnn_r50_fpn_1x_coco, faster_rcnn_r101_...
+        tokens = ["faster_rcnn", *tokens[2:]]
     if not tokens or tokens[0] not in MMDET_FLAGS or "fpn" not in tokens:
         return None
-    kind, *backbone, _ = model_name.split("_")  # "fcos", "r50" or "x101", "64x4d", "fpn"
+    kind, backbone = _kind_of(model_name)  # "fcos", ["r50"] or ["x101", "64x4d"]
     if tokens[0] != kind or not set(backbone) <= set(tokens):
         raise CheckpointError(
             f"{config_name} names a {tokens[0]} config, but the weights are a "
@@ -194,7 +218,7 @@ def convert_mmdet(
     from_name = mmdet_name_flags(config, name) if config else None
     if "style" in overrides and "norm_requires_grad" not in overrides:
         overrides["norm_requires_grad"] = overrides["style"] == "pytorch"
-    flags = MMDET_FLAGS[name.split("_")[0]]
+    flags = MMDET_FLAGS[_kind_of(name)[0]]
 
     def refusal(missing: list[str]) -> str:
         given = " ".join(f"{k}={flags[k]}" for k in missing)

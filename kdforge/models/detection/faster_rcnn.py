@@ -1,7 +1,8 @@
 """Faster R-CNN (Ren et al., 2015) with a ResNet/ResNeXt-FPN, as mmdetection 3.x's
 ``configs/_base_/models/faster-rcnn_r50_fpn.py``.
 
-Backbone: pytorch style, ``frozen_stages=1``, ``norm_eval=True``, trainable BN affine.
+Backbone: pytorch style, ``frozen_stages=1``, ``norm_eval=True``, trainable BN affine (the
+``-caffe`` configs: caffe style with frozen BN affine parameters).
 Neck: FPN on ``C2..C5`` (``start_level=0``), 256 channels, ``P6`` by max-pooling ``P5``
 (no extra convs). RPN on ``P2..P6`` (:mod:`~kdforge.models.detection.rpn_head`); RoI head
 on ``P2..P5`` (:mod:`~kdforge.models.detection.roi_head`). State-dict keys equal
@@ -27,6 +28,8 @@ def build_faster_rcnn(
     *,
     frozen_stages: int = 1,
     norm_eval: bool = True,
+    style: str = "pytorch",
+    norm_requires_grad: bool = True,
     backbone_pretrained: str | Path | None = None,
     groups: int = 1,
     base_width: int = 4,
@@ -40,7 +43,8 @@ def build_faster_rcnn(
     Args:
         depth: ResNet depth (18, 34, 50, 101).
         num_classes: object classes.
-        frozen_stages, norm_eval, groups, base_width: see :class:`ResNetBackbone`.
+        frozen_stages, norm_eval, style, norm_requires_grad, groups, base_width: see
+            :class:`ResNetBackbone`.
         backbone_pretrained: a torchvision-keyed ImageNet ResNet/ResNeXt checkpoint.
         fpn_channels: FPN output channels.
         feat_channels: channels of the RPN's 3x3 conv (``fpn_channels`` when None).
@@ -50,10 +54,10 @@ def build_faster_rcnn(
     """
     backbone = ResNetBackbone(
         depth,
-        style="pytorch",
+        style=style,
         frozen_stages=frozen_stages,
         norm_eval=norm_eval,
-        norm_requires_grad=True,
+        norm_requires_grad=norm_requires_grad,
         groups=groups,
         base_width=base_width,
     )
