@@ -65,6 +65,7 @@ class Group:
     image_size: tuple[int, int]
     batch_size: int
     num_classes: int
+    task: str = "classification"  # or "detection": box targets and the detection loss
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,10 @@ class Case:
 GROUPS = {
     "cifar": Group("resnet32x4", "resnet8x4", (32, 32), 64, 100),
     "imagenet": Group("vit_ti_16", "resnet18", (224, 224), 8, 1000),
-    "coco": Group("gfl_r50_fpn", "gfl_r18_fpn", (256, 256), 2, 80),
+    "coco": Group("gfl_r50_fpn", "gfl_r18_fpn", (256, 256), 2, 80, "detection"),
+    "coco-two-stage": Group(
+        "faster_rcnn_r50_fpn", "faster_rcnn_r18_fpn", (256, 256), 2, 80, "detection"
+    ),
 }
 
 KD: Terms = {"ce": {"weight": 0.1}, "kd": {"weight": 0.9}}
@@ -108,6 +112,14 @@ CASES = [
         "coco",
         "PKD, truncated teacher",
         {"detection": {}, "kd": {"type": "pkd"}},
+        {"truncate_teacher": True},
+    ),
+    Case("coco-two-stage", "student"),
+    Case("coco-two-stage", "teacher forward"),
+    Case(
+        "coco-two-stage",
+        "CanKD, truncated teacher",  # as the CanKD recipes run it
+        {"detection": {}, "cankd": {"student_layers": FPN}},
         {"truncate_teacher": True},
     ),
 ]
@@ -167,7 +179,7 @@ def _inputs(group: Group, device: torch.device) -> tuple[torch.Tensor, Any]:
     g = torch.Generator().manual_seed(0)
     n, (h, w) = group.batch_size, group.image_size
     x = torch.randn(n, 3, h, w, generator=g).to(device)
-    if group.student.startswith("gfl"):
+    if group.task == "detection":
         box = torch.tensor([[0.1 * w, 0.1 * h, 0.6 * w, 0.7 * h]], device=device)
         label = torch.tensor([1], device=device)
         return x, [{"boxes": box, "labels": label, "img_shape": (h, w)} for _ in range(n)]
@@ -195,7 +207,7 @@ def build_step(case: Case, device: torch.device) -> Callable[[], None]:
 
         return forward
     if case.terms is None:  # the student alone, on its task loss
-        task_loss = "detection" if group.student.startswith("gfl") else "ce"
+        task_loss = "detection" if group.task == "detection" else "ce"
         distiller = Distiller(None, student, _build_terms({task_loss: {}}))
     elif case.cached:  # the stored values come with the batch, as a ReplayDataset gives them
         teacher = create_model(group.teacher, num_classes=group.num_classes).to(device).eval()
