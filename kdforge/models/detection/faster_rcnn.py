@@ -19,7 +19,43 @@ from kdforge.models.detection.roi_head import StandardRoIHead
 from kdforge.models.detection.rpn_head import RPNHead
 from kdforge.models.detection.two_stage import TwoStageDetector
 
-__all__ = ["build_faster_rcnn"]
+__all__ = ["build_faster_rcnn", "build_rcnn_trunk"]
+
+
+def build_rcnn_trunk(
+    depth: int = 50,
+    *,
+    frozen_stages: int = 1,
+    norm_eval: bool = True,
+    style: str = "pytorch",
+    norm_requires_grad: bool = True,
+    backbone_pretrained: str | Path | None = None,
+    groups: int = 1,
+    base_width: int = 4,
+    fpn_channels: int = 256,
+    feat_channels: int | None = None,
+) -> tuple[ResNetBackbone, FPN, RPNHead]:
+    """The backbone, FPN and RPN that the R-CNN family shares (keywords as
+    :func:`build_faster_rcnn`)."""
+    backbone = ResNetBackbone(
+        depth,
+        style=style,
+        frozen_stages=frozen_stages,
+        norm_eval=norm_eval,
+        norm_requires_grad=norm_requires_grad,
+        groups=groups,
+        base_width=base_width,
+    )
+    if backbone_pretrained is not None:
+        backbone.load_torchvision(backbone_pretrained)
+    neck = FPN(
+        [info["num_chs"] for info in backbone.feature_info],
+        fpn_channels,
+        start_level=0,
+        num_outs=5,
+        add_extra_convs=None,
+    )
+    return backbone, neck, RPNHead(fpn_channels, feat_channels or fpn_channels)
 
 
 def build_faster_rcnn(
@@ -52,25 +88,18 @@ def build_faster_rcnn(
         **roi_head_kwargs: further :class:`StandardRoIHead` keywords (``score_thr``,
             ``nms_iou``, ``num_samples`` ...).
     """
-    backbone = ResNetBackbone(
+    backbone, neck, rpn_head = build_rcnn_trunk(
         depth,
-        style=style,
         frozen_stages=frozen_stages,
         norm_eval=norm_eval,
+        style=style,
         norm_requires_grad=norm_requires_grad,
+        backbone_pretrained=backbone_pretrained,
         groups=groups,
         base_width=base_width,
+        fpn_channels=fpn_channels,
+        feat_channels=feat_channels,
     )
-    if backbone_pretrained is not None:
-        backbone.load_torchvision(backbone_pretrained)
-    neck = FPN(
-        [info["num_chs"] for info in backbone.feature_info],
-        fpn_channels,
-        start_level=0,
-        num_outs=5,
-        add_extra_convs=None,
-    )
-    rpn_head = RPNHead(fpn_channels, feat_channels or fpn_channels)
     roi_head = StandardRoIHead(
         num_classes, fpn_channels, fc_out_channels=fc_out_channels, **roi_head_kwargs
     )

@@ -26,7 +26,7 @@ from kdforge.models.detection.postprocess import PostprocessConfig, select_detec
 from kdforge.models.detection.roi_align import roi_align
 from kdforge.models.detection.samplers import random_sample
 
-__all__ = ["Shared2FCBBoxHead", "SingleRoIExtractor", "StandardRoIHead"]
+__all__ = ["Shared2FCBBoxHead", "SingleRoIExtractor", "StandardRoIHead", "rois_of"]
 
 
 class SingleRoIExtractor(nn.Module):
@@ -87,6 +87,8 @@ class Shared2FCBBoxHead(nn.Module):
         num_classes: object classes ``K`` (``fc_cls`` has ``K + 1`` outputs, background last).
         in_channels, roi_feat_size: pooled RoI features ``(C, S, S)``.
         fc_out_channels: width of the shared layers (1024).
+        reg_class_agnostic: one box per RoI (``fc_reg`` has 4 outputs, Cascade R-CNN)
+            instead of one per class.
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class Shared2FCBBoxHead(nn.Module):
         in_channels: int = 256,
         roi_feat_size: int = 7,
         fc_out_channels: int = 1024,
+        reg_class_agnostic: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -105,7 +108,7 @@ class Shared2FCBBoxHead(nn.Module):
             )
         )
         self.fc_cls = nn.Linear(fc_out_channels, num_classes + 1)
-        self.fc_reg = nn.Linear(fc_out_channels, num_classes * 4)
+        self.fc_reg = nn.Linear(fc_out_channels, 4 if reg_class_agnostic else num_classes * 4)
         for fc in self.shared_fcs:
             nn.init.xavier_uniform_(fc.weight)
         nn.init.normal_(self.fc_cls.weight, std=0.01)
@@ -114,14 +117,15 @@ class Shared2FCBBoxHead(nn.Module):
             nn.init.zeros_(fc.bias)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(K, C, S, S)`` -> ``(K, K_cls + 1)`` logits and ``(K, 4 K_cls)`` deltas."""
+        """``(K, C, S, S)`` -> ``(K, K_cls + 1)`` logits and ``(K, 4 K_cls)`` (or ``(K, 4)``)
+        deltas."""
         x = x.flatten(1)
         for fc in self.shared_fcs:
             x = F.relu(fc(x))
         return self.fc_cls(x), self.fc_reg(x)
 
 
-def _rois(boxes: Sequence[Tensor]) -> Tensor:
+def rois_of(boxes: Sequence[Tensor]) -> Tensor:
     """Per-image ``(n_i, 4)`` boxes -> ``(sum n_i, 5)`` RoIs with the image index first."""
     return torch.cat([torch.cat((b.new_full((len(b), 1), i), b), 1) for i, b in enumerate(boxes)])
 
@@ -201,7 +205,7 @@ class StandardRoIHead(nn.Module):
             labels.append(label)
             target_deltas.append(self.coder.encode(s.priors[s.pos_inds], gt_boxes[s.pos_gt_inds]))
             positives.append(torch.arange(num_pos + num_neg, device=props.device) < num_pos)
-        cls_score, bbox_pred = self(feats, _rois(sampled))
+        cls_score, bbox_pred = self(feats, rois_of(sampled))
         cls_score, bbox_pred = cls_score.float(), bbox_pred.float()  # losses in float32
         labels, pos = torch.cat(labels), torch.cat(positives)
         num_rois = labels.numel()
@@ -221,7 +225,7 @@ class StandardRoIHead(nn.Module):
     ) -> list[dict[str, Tensor]]:
         """Per image ``{"boxes": (n, 4), "scores": (n,), "labels": (n,) int64}`` from its
         ``(m, 4)`` proposals, boxes clipped to the image's ``(H, W)`` before padding."""
-        cls_score, bbox_pred = self(feats, _rois(proposals))
+        cls_score, bbox_pred = self(feats, rois_of(proposals))
         scores = F.softmax(cls_score.float(), dim=-1).split([len(p) for p in proposals])
         deltas = bbox_pred.float().split([len(p) for p in proposals])
         results, k = [], self.num_classes

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from kdforge.models.detection._dense_head import image_sizes_of
+from kdforge.models.detection.cascade_roi_head import CascadeRoIHead
+from kdforge.models.detection.postprocess import PostprocessConfig
 from kdforge.models.detection.roi_head import StandardRoIHead
 from kdforge.models.detection.rpn_head import RPN_TEST_CFG, RPN_TRAIN_CFG, RPNHead
 
@@ -27,7 +29,9 @@ class TwoStageDetector(nn.Module):
         backbone: ``images -> tuple of stage outputs`` with a ``feature_info`` list.
         neck: an ``FPN`` with ``start_level=0`` and max-pooled extra levels.
         rpn_head: an :class:`RPNHead` running on every pyramid level.
-        roi_head: a :class:`StandardRoIHead` pooling from the first levels.
+        roi_head: a :class:`StandardRoIHead` or :class:`CascadeRoIHead` pooling from the
+            first levels.
+        rpn_train_cfg: the RPN's proposal settings while training (Cascade R-CNN keeps 2000).
 
     Attributes:
         feature_info: ``module`` path, ``num_chs``, ``reduction`` and ``name`` of the
@@ -36,9 +40,15 @@ class TwoStageDetector(nn.Module):
     """
 
     def __init__(
-        self, backbone: nn.Module, neck: nn.Module, rpn_head: RPNHead, roi_head: StandardRoIHead
+        self,
+        backbone: nn.Module,
+        neck: nn.Module,
+        rpn_head: RPNHead,
+        roi_head: StandardRoIHead | CascadeRoIHead,
+        rpn_train_cfg: PostprocessConfig = RPN_TRAIN_CFG,
     ) -> None:
         super().__init__()
+        self.rpn_train_cfg = rpn_train_cfg
         self.backbone = backbone
         self.neck = neck
         self.rpn_head = rpn_head
@@ -78,7 +88,7 @@ class TwoStageDetector(nn.Module):
         targets: Sequence[dict[str, Tensor]],
         image_size: tuple[int, int] | Sequence[tuple[int, int]],
     ) -> dict[str, Tensor]:
-        """``{"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox"}``.
+        """``{"loss_rpn_cls", "loss_rpn_bbox"}`` and the RoI head's losses.
 
         Args:
             outputs: ``forward``'s outputs.
@@ -94,15 +104,17 @@ class TwoStageDetector(nn.Module):
             tuple(int(v) for v in t.get("img_shape", pad))
             for t, pad in zip(targets, pads, strict=True)
         ]
-        proposals = self.rpn_head.proposals(outputs, shapes, RPN_TRAIN_CFG)
+        proposals = self.rpn_head.proposals(outputs, shapes, self.rpn_train_cfg)
         boxes = [p["boxes"] for p in proposals]
+        targets = [{**t, "img_shape": s} for t, s in zip(targets, shapes, strict=True)]
         return {**losses, **self.roi_head.loss(outputs["feats"], boxes, targets)}
 
     def predict(
         self, outputs: dict[str, list[Tensor]], image_sizes: Sequence[tuple[int, int]]
     ) -> list[dict[str, Tensor]]:
-        """Per image ``{"boxes", "scores", "labels"}`` in input pixels, clipped to the
-        image's ``(H, W)`` before padding: test proposals, then the RoI head."""
+        """Per image ``{"boxes", "scores", "labels"}`` (and the RoI head's ``"masks"``) in
+        input pixels, clipped to the image's ``(H, W)`` before padding: test proposals, then
+        the RoI head."""
         proposals = self.rpn_head.proposals(outputs, image_sizes, RPN_TEST_CFG)
         boxes = [p["boxes"] for p in proposals]
         return self.roi_head.predict(outputs["feats"], boxes, image_sizes)

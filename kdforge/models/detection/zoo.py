@@ -1,7 +1,9 @@
 """Registered detectors: ``{retinanet,fcos,atss,gfl}_r{18,50,101}_fpn``, the ResNeXt-101
 ones of mmdetection's model zoo that distillation papers use as teachers
 (``retinanet_x101_{32x4d,64x4d}_fpn`` and ``fcos_x101_64x4d_fpn``), and the two-stage
-``faster_rcnn_r{18,50,101}_fpn`` (see :mod:`~kdforge.models.detection.faster_rcnn`).
+``faster_rcnn_r{18,50,101}_fpn`` (see :mod:`~kdforge.models.detection.faster_rcnn`), and
+``cascade_mask_rcnn_x101_64x4d_fpn`` (CanKD's teacher) with a small
+``cascade_mask_rcnn_r18_fpn`` (see :mod:`~kdforge.models.detection.cascade_rcnn`).
 
 Each follows its mmdetection config (see the head modules for the exact settings):
 
@@ -32,6 +34,7 @@ from kdforge.models._registry import register_model
 from kdforge.models.detection._dense_head import DenseHead
 from kdforge.models.detection.atss import ATSSHead
 from kdforge.models.detection.backbone import ResNetBackbone
+from kdforge.models.detection.cascade_rcnn import build_cascade_rcnn
 from kdforge.models.detection.detector import DenseDetector
 from kdforge.models.detection.faster_rcnn import build_faster_rcnn
 from kdforge.models.detection.fcos import FCOSHead
@@ -156,3 +159,21 @@ def _faster_rcnn_builder(depth: int) -> Callable[..., nn.Module]:
 
 for _depth in _DEPTHS:
     _register(f"faster_rcnn_r{_depth}_fpn", _faster_rcnn_builder(_depth))
+
+
+def _cascade_builder(name: str, depth: int, backbone: dict) -> Callable[..., nn.Module]:
+    def build(num_classes: int = 80, **kwargs) -> nn.Module:
+        return build_cascade_rcnn(depth, num_classes, **{**backbone, **kwargs})
+
+    arch = f"ResNeXt-{depth} 64x4d" if backbone else f"ResNet-{depth}"
+    build.__name__ = name
+    build.__doc__ = f"Cascade Mask R-CNN on {arch} FPN (mmdetection defaults)."
+    return build
+
+
+# the CanKD teacher (cascade_mask_rcnn_x101_64x4d_fpn_20e_coco) and a small one for tests
+_register("cascade_mask_rcnn_r18_fpn", _cascade_builder("cascade_mask_rcnn_r18_fpn", 18, {}))
+_register(
+    "cascade_mask_rcnn_x101_64x4d_fpn",
+    _cascade_builder("cascade_mask_rcnn_x101_64x4d_fpn", 101, _X64),
+)
