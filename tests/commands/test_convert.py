@@ -231,3 +231,40 @@ def test_faster_rcnn_without_a_config_name_is_refused(tmp_path):
     _save_mmlab(create_model("faster_rcnn_r18_fpn", num_classes=3, **FRCNN_SMALL), src)
     with pytest.raises(CheckpointError, match="do not carry style: pass --kwarg style=caffe"):
         convert("mmdet", src, tmp_path / "out.safetensors")
+
+
+CASCADE_SMALL = {"fpn_channels": 16, "feat_channels": 16, "fc_out_channels": 32}
+
+
+@pytest.mark.parametrize(
+    ("file_name", "with_mask"),
+    [
+        ("cascade_mask_rcnn_r18_fpn_20e_coco_20200512_161033-bdb5126a", True),
+        ("cascade-rcnn_r18_fpn_1x_coco", False),
+    ],
+)
+def test_cascade_rcnn_is_detected_with_or_without_masks(file_name, with_mask, tmp_path):
+    original = create_model(
+        "cascade_mask_rcnn_r18_fpn", num_classes=3, with_mask=with_mask, **CASCADE_SMALL
+    )
+    original = _randomised(original)
+    src = tmp_path / f"{file_name}.pth"
+    _save_mmlab(original, src)
+    out = convert("mmdet", src, tmp_path / "converted.safetensors")
+    metadata = _metadata(out)
+    assert metadata["model_name"] == "cascade_mask_rcnn_r18_fpn"
+    assert metadata["num_classes"] == "3"
+    stored = json.loads(metadata["model_kwargs"])
+    assert stored.items() >= {**CASCADE_SMALL, "with_mask": with_mask, "style": "pytorch"}.items()
+    rebuilt = load_model(out).eval()
+    state = rebuilt.state_dict()
+    assert state.keys() == original.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in original.state_dict().items())
+    assert any(k.startswith("roi_head.mask_head.2.") for k in state) == with_mask
+
+
+def test_cascade_names_with_another_backbone_are_refused(tmp_path):
+    src = tmp_path / "cascade_mask_rcnn_x101_64x4d_fpn_20e_coco_20200512_161033-bdb5126a.pth"
+    _save_mmlab(create_model("cascade_mask_rcnn_r18_fpn", num_classes=3, **CASCADE_SMALL), src)
+    with pytest.raises(CheckpointError, match="names a cascade_mask_rcnn config, but the weights"):
+        convert("mmdet", src, tmp_path / "x.safetensors")

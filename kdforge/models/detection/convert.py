@@ -1,5 +1,5 @@
-"""Load mmdetection checkpoints of RetinaNet, FCOS, ATSS, GFL and Faster R-CNN
-(ResNet/ResNeXt-FPN) into ours.
+"""Load mmdetection checkpoints of RetinaNet, FCOS, ATSS, GFL, Faster R-CNN and Cascade
+(Mask) R-CNN (ResNet/ResNeXt-FPN) into ours.
 
 Our parameter names are mmdetection's (``backbone.layer1.0.conv1.weight``,
 ``neck.lateral_convs.0.conv.weight``, ``bbox_head.cls_convs.0.gn.weight``,
@@ -60,7 +60,9 @@ MMDET_FLAGS: dict[str, dict[str, str]] = {
     "atss": {"style": "caffe|pytorch"},
     "gfl": {"style": "caffe|pytorch"},
     "faster_rcnn": {"style": "caffe|pytorch"},
+    "cascade_mask_rcnn": {"style": "caffe|pytorch"},
 }
+_TWO_STAGE = ("faster_rcnn", "cascade_mask_rcnn")
 _DEFORMABLE = ("dcn", "dconv", "mdconv")  # name tokens of deformable-conv configs
 
 
@@ -93,7 +95,7 @@ def _backbone_name(state: dict[str, Tensor]) -> str:
 
 def _kind_of(name: str) -> tuple[str, list[str]]:
     """``"faster_rcnn_x101_64x4d_fpn"`` -> ``("faster_rcnn", ["x101", "64x4d"])``."""
-    kind = "faster_rcnn" if name.startswith("faster_rcnn_") else name.split("_")[0]
+    kind = next((k for k in _TWO_STAGE if name.startswith(f"{k}_")), name.split("_")[0])
     return kind, name.removeprefix(f"{kind}_").split("_")[:-1]
 
 
@@ -109,6 +111,25 @@ def _detect_faster_rcnn(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
     }
 
 
+def _detect_cascade(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
+    stages = _count(state, r"roi_head\.bbox_head\.(\d+)\.fc_cls\.weight")
+    if stages != 3:
+        raise CheckpointError(f"a Cascade R-CNN with {stages} stages; only 3 are implemented")
+    name = f"cascade_mask_rcnn_{_backbone_name(state)}_fpn"
+    if name not in list_models("detection"):
+        raise CheckpointError(
+            f"no registered detector {name!r} for this checkpoint; registered: "
+            + ", ".join(n for n in list_models("detection") if n.startswith("cascade"))
+        )
+    return name, {
+        "num_classes": state["roi_head.bbox_head.0.fc_cls.weight"].shape[0] - 1,
+        "with_mask": "roi_head.mask_head.0.conv_logits.weight" in state,
+        "fpn_channels": state["neck.lateral_convs.0.conv.weight"].shape[0],
+        "feat_channels": state["rpn_head.rpn_conv.weight"].shape[0],
+        "fc_out_channels": state["roi_head.bbox_head.0.shared_fcs.0.weight"].shape[0],
+    }
+
+
 def detect_mmdet_model(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
     """The registered name and builder keywords of the detector a state dict describes.
 
@@ -117,10 +138,13 @@ def detect_mmdet_model(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
     """
     if "rpn_head.rpn_conv.weight" in state and "roi_head.bbox_head.fc_cls.weight" in state:
         return _detect_faster_rcnn(state)
+    if "rpn_head.rpn_conv.weight" in state and "roi_head.bbox_head.0.fc_cls.weight" in state:
+        return _detect_cascade(state)
     kind = next((k for p, k in _HEAD_KINDS.items() if f"bbox_head.{p}.weight" in state), None)
     if kind is None:
         raise CheckpointError(
-            "not an mmdetection RetinaNet/FCOS/ATSS/GFL/Faster R-CNN checkpoint: no bbox_head."
+            "not an mmdetection RetinaNet/FCOS/ATSS/GFL/(Cascade/Faster) R-CNN checkpoint: "
+            "no bbox_head."
             f"{{{','.join(_HEAD_KINDS)}}}.weight key and no rpn_head + roi_head"
         )
     name = f"{kind}_{_backbone_name(state)}_fpn"
@@ -162,6 +186,10 @@ def mmdet_name_flags(config_name: str, model_name: str) -> dict[str, Any] | None
     tokens = config_tokens(config_name)
     if tokens[:2] == ["faster", "rcnn"]:  # faster-rcnn_r50_fpn_1x_coco, faster_rcnn_r101_...
         tokens = ["faster_rcnn", *tokens[2:]]
+    if tokens[:3] == ["cascade", "mask", "rcnn"]:  # box-only cascade_rcnn_*: the same model
+        tokens = ["cascade_mask_rcnn", *tokens[3:]]
+    elif tokens[:2] == ["cascade", "rcnn"]:
+        tokens = ["cascade_mask_rcnn", *tokens[2:]]
     if not tokens or tokens[0] not in MMDET_FLAGS or "fpn" not in tokens:
         return None
     kind, backbone = _kind_of(model_name)  # "fcos", ["r50"] or ["x101", "64x4d"]
