@@ -7,17 +7,24 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from kdforge.config import load_config
+from kdforge.config._recipe_notes import readme_numbers
 from kdforge.data.shapes import SEMANTIC_CLASSES, write_shapes_dataset
 from kdforge.engine.build import build_trainer
+from kdforge.losses import init_student_from_teacher
+from kdforge.models import create_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "kdforge" / "recipes"
 FPN4 = [f"neck.fpn_convs.{i}" for i in range(4)]
 DET_CANKD = {"student_layers": FPN4, "weight": 10.0}
 DAGGER = {**DET_CANKD, "init_from_teacher": ["neck", "bbox_head"]}
 DAGGER_NON_STRICT = {**DAGGER, "init_strict": False}  # FCOS†: conv_bias=True student
+# Faster R-CNN†: init_cfg Pretrained, prefix 'neck.' on the FPN and 'roi_head.bbox_head' on
+# the box head (mmengine appends the '.'); the RPN head keeps its own init
+DAGGER_RCNN = {**DET_CANKD, "init_from_teacher": ["neck", "roi_head.bbox_head"]}
 MGD_FPN = {
     "student_layers": [*FPN4, "neck.fpn_convs.4"],
     "weight": 2e-5,
@@ -76,6 +83,18 @@ DETECTION = {
         "retinanet_r101_fpn", "retinanet_r101_fpn_2x", "retinanet_r50_fpn",
         {"mgd": MGD_FPN}, "box AP 41.0",
     ),
+    "cankd_faster-rcnn_r101_faster-rcnn_r50_fpn_2x.yaml": (
+        "faster_rcnn_r101_fpn", "faster_rcnn_r101_fpn_2x", "faster_rcnn_r50_fpn",
+        {"cankd": DET_CANKD}, "box AP 40.1",
+    ),
+    "cankd-dagger_faster-rcnn_r101_faster-rcnn_r50_fpn_2x.yaml": (
+        "faster_rcnn_r101_fpn", "faster_rcnn_r101_fpn_2x", "faster_rcnn_r50_fpn",
+        {"cankd": DAGGER_RCNN}, "box AP 40.7",
+    ),
+    "pkd_faster-rcnn_r101_faster-rcnn_r50_fpn_2x.yaml": (  # mmrazor's PKDLoss(loss_weight=6)
+        "faster_rcnn_r101_fpn", "faster_rcnn_r101_fpn_2x", "faster_rcnn_r50_fpn",
+        {"pkd": {"student_layers": FPN4, "weight": 6.0}}, "box AP 40.3",
+    ),
 }  # fmt: skip
 P101, D101 = "pspnet_r101-d8_4xb2-80k_512x1024", "deeplabv3_r101-d8_4xb2-80k_512x1024"
 SEGMENTATION = {
@@ -122,15 +141,47 @@ def test_detection_recipe_numbers(name: str):
     assert (cfg.data.options.get("normalize") == "caffe") == caffe
     optim, schedule = cfg.optim, cfg.schedule
     assert optim.name == "sgd" and optim.momentum == 0.9 and optim.weight_decay == 1e-4
-    if "mgd" in terms:  # mmrazor: 0.01 at 16 images, its mmcv-1 grad clip is ignored
-        assert (optim.lr, optim.base_batch_size, optim.clip_grad_norm) == (0.01, 16, None)
-    else:  # CanKD: 0.005 at 2 GPUs x 2 images, clip 35
+    if "cankd" in terms:  # CanKD: 0.005 at 2 GPUs x 2 images, clip 35
         assert (optim.lr, optim.base_batch_size, optim.clip_grad_norm) == (0.005, 4, 35.0)
+    else:  # mmrazor: its student config's lr at 16 images, no clip (MGD's mmcv-1 one is ignored)
+        lr = 0.02 if student.startswith("faster_rcnn") else 0.01
+        assert (optim.lr, optim.base_batch_size, optim.clip_grad_norm) == (lr, 16, None)
     epochs = 12 if "_1x" in name else 24
     assert schedule.name == "multistep" and schedule.epochs == epochs and schedule.gamma == 0.1
     assert list(schedule.milestones) == ([8, 11] if epochs == 12 else [16, 22])
     assert schedule.warmup_iters == 500 and schedule.warmup_factor == 0.001
     assert schedule.warmup_mode == "linear"
+
+
+def test_faster_rcnn_dagger_copies_the_teacher_neck_and_box_head_only():
+    """As mmengine's prefixed Pretrained init: every FPN and shared-FC box head tensor, and
+    nothing of the backbone, the RPN head or the RoI extractor."""
+    name = "cankd-dagger_faster-rcnn_r101_faster-rcnn_r50_fpn_2x.yaml"
+    cfg = load_config(CONFIGS / "coco" / "cankd" / name)
+    torch.manual_seed(0)
+    teacher, student = create_model(cfg.teacher.name), create_model(cfg.student.name)
+    copied = init_student_from_teacher(student, teacher, cfg.loss.cankd.init_from_teacher)
+    fpn = {f"neck.{k}_convs.{i}.conv.{p}" for k in ("lateral", "fpn") for i in range(4)
+           for p in ("weight", "bias")}  # fmt: skip
+    box = {f"roi_head.bbox_head.{m}.{p}" for m in ("shared_fcs.0", "shared_fcs.1", "fc_cls",
+           "fc_reg") for p in ("weight", "bias")}  # fmt: skip
+    assert sorted(copied) == sorted(fpn | box)
+    s, t = student.state_dict(), teacher.state_dict()
+    assert all(torch.equal(s[k], t[k]) for k in copied)
+    rpn = [k for k in s if k.startswith("rpn_head.") and k.endswith("weight")]  # biases: 0
+    assert rpn and not any(torch.equal(s[k], t[k]) for k in rpn)
+
+
+def test_readme_rows_agree_with_the_recipe_headers():
+    numbers = readme_numbers(CONFIGS / "coco" / "cankd" / "README.md", CONFIGS)
+    faster = {k: v for k, v in numbers.items() if "faster-rcnn" in k}
+    assert faster == {
+        "coco/cankd/cankd_faster-rcnn_r101_faster-rcnn_r50_fpn_2x": "CanKD 40.1",
+        "coco/cankd/cankd-dagger_faster-rcnn_r101_faster-rcnn_r50_fpn_2x": "CanKD† 40.7",
+    }
+    for name, number in numbers.items():
+        first = (CONFIGS / f"{name}.yaml").read_text().splitlines()[0]
+        assert f"box AP {number.split()[-1]} " in first, name
 
 
 @pytest.mark.parametrize("name", sorted(SEGMENTATION))
@@ -172,7 +223,10 @@ def _train_losses(tmp_path: Path) -> dict[str, float]:
 
 def _check_terms(record: dict[str, float], terms: dict) -> None:
     for term, options in terms.items():
-        values = [record[f"{term}.{path}"] for path in options["student_layers"]]
+        if term == "pkd":  # one value: the sum over the levels
+            values = [record[term]]
+        else:  # CanKD, MGD: one per level
+            values = [record[f"{term}.{path}"] for path in options["student_layers"]]
         assert all(math.isfinite(v) and v >= 0 for v in values)
 
 

@@ -224,6 +224,13 @@ CATALOGUE: tuple[Entry, ...] = (
         "checkpoints/coco/gfl_r101_fpn_ms-2x_coco.safetensors",
         "checkpoints/coco/gfl_r101_fpn_ms-2x.safetensors",
     ),
+    _mmdet(
+        "faster-rcnn_r101_fpn_2x_coco",
+        "faster_rcnn/faster_rcnn_r101_fpn_2x_coco/"
+        "faster_rcnn_r101_fpn_2x_coco_bbox_mAP-0.398_20200504_210455-1d2dac9c.pth",
+        "faster_rcnn_r101_fpn",
+        "checkpoints/coco/faster_rcnn_r101_fpn_2x.safetensors",
+    ),
     # --- Cityscapes segmenters (mmsegmentation 1.x config names) ---------------------------
     _mmseg(
         "pspnet_r101-d8_4xb2-80k_cityscapes-512x1024",
