@@ -244,9 +244,8 @@ CASCADE_SMALL = {"fpn_channels": 16, "feat_channels": 16, "fc_out_channels": 32}
     ],
 )
 def test_cascade_rcnn_is_detected_with_or_without_masks(file_name, with_mask, tmp_path):
-    original = create_model(
-        "cascade_mask_rcnn_r18_fpn", num_classes=3, with_mask=with_mask, **CASCADE_SMALL
-    )
+    mask = {"with_mask": True, "mask_channels": 8} if with_mask else {"with_mask": False}
+    original = create_model("cascade_mask_rcnn_r18_fpn", num_classes=3, **mask, **CASCADE_SMALL)
     original = _randomised(original)
     src = tmp_path / f"{file_name}.pth"
     _save_mmlab(original, src)
@@ -255,7 +254,7 @@ def test_cascade_rcnn_is_detected_with_or_without_masks(file_name, with_mask, tm
     assert metadata["model_name"] == "cascade_mask_rcnn_r18_fpn"
     assert metadata["num_classes"] == "3"
     stored = json.loads(metadata["model_kwargs"])
-    assert stored.items() >= {**CASCADE_SMALL, "with_mask": with_mask, "style": "pytorch"}.items()
+    assert stored.items() >= {**CASCADE_SMALL, **mask, "style": "pytorch"}.items()
     rebuilt = load_model(out).eval()
     state = rebuilt.state_dict()
     assert state.keys() == original.state_dict().keys()

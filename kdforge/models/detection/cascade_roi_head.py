@@ -55,6 +55,7 @@ class CascadeRoIHead(nn.Module):
         num_samples, pos_fraction: ``random_sample`` settings (ground truths added).
         score_thr, nms_iou, max_per_img: test settings.
         with_mask: add the mask heads (Cascade Mask R-CNN); box only otherwise.
+        mask_channels: width of the mask heads' convs (256).
         mask_size: side of the mask targets and predictions (twice the 14x14 RoIAlign).
         mask_thr_binary: test threshold of the pasted mask probabilities.
     """
@@ -75,6 +76,7 @@ class CascadeRoIHead(nn.Module):
         nms_iou: float = 0.5,
         max_per_img: int = 100,
         with_mask: bool = True,
+        mask_channels: int = 256,
         mask_size: int = 28,
         mask_thr_binary: float = 0.5,
     ) -> None:
@@ -99,7 +101,7 @@ class CascadeRoIHead(nn.Module):
                 mask_size // 2, featmap_strides, finest_scale=finest_scale
             )
             self.mask_head = nn.ModuleList(
-                FCNMaskHead(num_classes, in_channels) for _ in range(self.num_stages)
+                FCNMaskHead(num_classes, in_channels, mask_channels) for _ in range(self.num_stages)
             )
         # multiclass_nms has no size filter: min_bbox_size < 0
         self.test_cfg = PostprocessConfig(score_thr, 0, nms_iou, max_per_img, min_bbox_size=-1)

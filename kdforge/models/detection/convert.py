@@ -121,13 +121,16 @@ def _detect_cascade(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
             f"no registered detector {name!r} for this checkpoint; registered: "
             + ", ".join(n for n in list_models("detection") if n.startswith("cascade"))
         )
-    return name, {
+    kwargs = {
         "num_classes": state["roi_head.bbox_head.0.fc_cls.weight"].shape[0] - 1,
         "with_mask": "roi_head.mask_head.0.conv_logits.weight" in state,
         "fpn_channels": state["neck.lateral_convs.0.conv.weight"].shape[0],
         "feat_channels": state["rpn_head.rpn_conv.weight"].shape[0],
         "fc_out_channels": state["roi_head.bbox_head.0.shared_fcs.0.weight"].shape[0],
     }
+    if kwargs["with_mask"]:
+        kwargs["mask_channels"] = state["roi_head.mask_head.0.conv_logits.weight"].shape[1]
+    return name, kwargs
 
 
 def detect_mmdet_model(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
