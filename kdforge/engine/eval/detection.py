@@ -1,5 +1,5 @@
-"""Detector evaluation: COCO bbox AP (AP, AP50, AP75, APs, APm, APl) with pycocotools, and
-mmdetection's confusion matrix."""
+"""Detector evaluation: COCO bbox AP (AP, AP50, AP75, APs, APm, APl) with pycocotools, mask
+AP (``segm_AP`` ...) for detectors that predict masks, and mmdetection's confusion matrix."""
 
 from __future__ import annotations
 
@@ -13,17 +13,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor, nn
 
 from kdforge.data.coco import CocoDetection, read_coco_json
 from kdforge.data.det_transforms import rescale_boxes
+from kdforge.errors import DataError
 from kdforge.models.detection.boxes import bbox_overlaps
+from kdforge.models.detection.mask_head import paste_masks
 
 __all__ = [
     "METRICS",
     "detection_confusion",
+    "encode_masks",
     "evaluate_coco",
     "evaluate_detector",
     "to_coco_results",
@@ -36,6 +40,13 @@ def _numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
+def encode_masks(masks: Tensor | np.ndarray) -> list[dict[str, Any]]:
+    """``(M, H, W)`` binary masks -> COCO RLEs (``{"size", "counts"}``, counts as text)."""
+    masks = np.asfortranarray(_numpy(masks).astype(np.uint8).transpose(1, 2, 0))
+    rles = mask_util.encode(masks) if masks.shape[2] else []
+    return [{"size": r["size"], "counts": r["counts"].decode("ascii")} for r in rles]
+
+
 def to_coco_results(
     predictions: Iterable[Mapping[str, Any]], label2cat: Mapping[int, int]
 ) -> list[dict[str, Any]]:
@@ -43,7 +54,8 @@ def to_coco_results(
 
     Args:
         predictions: ``{"image_id": int, "boxes": (M, 4) xyxy in original-image pixels,
-            "scores": (M,), "labels": (M,) contiguous labels}``; tensors or arrays.
+            "scores": (M,), "labels": (M,) contiguous labels}``; tensors or arrays; an
+            optional ``"segmentation"`` (M RLEs, :func:`encode_masks`) is carried over.
         label2cat: Contiguous label -> COCO category id (``CocoDetection.label2cat``).
 
     Returns:
@@ -65,15 +77,17 @@ def to_coco_results(
                 f"image {image_id}: labels {unknown} are outside 0..{len(label2cat) - 1}"
             )
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).round(3)
-        results.extend(
-            {
+        rles = pred.get("segmentation")
+        for i, (box, score, label) in enumerate(zip(xywh, scores, labels, strict=True)):
+            result = {
                 "image_id": image_id,
                 "category_id": label2cat[int(label)],
                 "bbox": box.tolist(),
                 "score": round(float(score), 5),
             }
-            for box, score, label in zip(xywh, scores, labels, strict=True)
-        )
+            if rles is not None:
+                result["segmentation"] = rles[i]
+            results.append(result)
     return results
 
 
@@ -97,8 +111,9 @@ def evaluate_coco(
     out_json: str | Path | None = None,
     image_ids: Iterable[int] | None = None,
     verbose: bool = False,
+    iou_type: str = "bbox",
 ) -> dict[str, float]:
-    """COCO bbox metrics of per-image predictions against a ground-truth instances file.
+    """COCO bbox (or mask) metrics of per-image predictions against a ground-truth file.
 
     Args:
         predictions: ``{"image_id", "boxes" (M, 4) xyxy original pixels, "scores", "labels"}``
@@ -107,6 +122,9 @@ def evaluate_coco(
         out_json: If given, the standard COCO results JSON is written there.
         image_ids: Images to evaluate; default every image of ``coco_gt``.
         verbose: Print pycocotools' summary table.
+        iou_type: ``"bbox"``, or ``"segm"`` for the predictions' ``"segmentation"`` RLEs
+            (their boxes are left out, as mmdetection does, so that the object sizes are
+            the masks' areas).
 
     Returns:
         ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` in [0, 1]; -1 where the ground truth has
@@ -114,6 +132,9 @@ def evaluate_coco(
     """
     gt, label2cat, default_ids = _ground_truth(coco_gt)
     results = to_coco_results(predictions, label2cat)
+    if iou_type == "segm":
+        _check_segm(gt, results)
+        results = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
     strays = sorted({r["image_id"] for r in results} - set(gt.getImgIds()))
     if strays:
         raise ValueError(f"predictions for image ids {strays[:10]} absent from the ground truth")
@@ -128,12 +149,23 @@ def evaluate_coco(
             dt = COCO()
             dt.dataset = {"images": gt.dataset["images"], "categories": [], "annotations": []}
             dt.createIndex()
-        evaluator = COCOeval(gt, dt, "bbox")
+        evaluator = COCOeval(gt, dt, iou_type)
         evaluator.params.imgIds = sorted(default_ids if image_ids is None else image_ids)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
     return {name: float(v) for name, v in zip(METRICS, evaluator.stats[:6], strict=True)}
+
+
+def _check_segm(gt: COCO, results: list[dict[str, Any]]) -> None:
+    """Mask AP needs masks on both sides: refuse before pycocotools fails obscurely."""
+    if any("segmentation" not in a for a in gt.dataset["annotations"]):
+        raise DataError(
+            "mask AP needs a 'segmentation' on every ground-truth annotation; this "
+            "annotation file has boxes only: evaluate with iou_type='bbox'"
+        )
+    if any("segmentation" not in r for r in results):
+        raise ValueError("mask AP needs predictions with 'segmentation' (encode_masks)")
 
 
 @torch.no_grad()
@@ -144,11 +176,15 @@ def evaluate_detector(
     amp_dtype: torch.dtype | None = None,
     max_batches: int | None = None,
 ) -> dict[str, float]:
-    """COCO bbox AP of a dense detector over ``loader`` (a ``CocoDetection`` loader).
+    """COCO bbox AP of a detector over ``loader`` (a ``CocoDetection`` loader), and mask AP
+    (``segm_AP`` ...) when its predictions carry ``"mask_probs"``.
 
-    Boxes are mapped back to original-image pixels; every process's predictions are
+    Boxes are mapped back to original-image pixels and the mask probabilities pasted into
+    them at the original size, thresholded at the RoI head's ``mask_thr_binary``
+    (mmdetection's ``rescale=True``), then RLE-encoded; every process's predictions are
     gathered and scored once with pycocotools. Metrics are in [0, 1], as mmdetection's.
     """
+    mask_thr = getattr(getattr(model, "roi_head", None), "mask_thr_binary", 0.5)
     was_training = model.training
     model.eval()
     predictions = []
@@ -161,14 +197,19 @@ def evaluate_detector(
             outputs = model(images.to(device, non_blocking=True))
         results = model.predict(outputs, [t["img_shape"] for t in targets])
         for result, target in zip(results, targets, strict=True):
-            predictions.append(
-                {
-                    "image_id": target["image_id"],
-                    "boxes": rescale_boxes(result["boxes"].float().cpu(), target),
-                    "scores": result["scores"].float().cpu(),
-                    "labels": result["labels"].cpu(),
-                }
-            )
+            boxes = rescale_boxes(result["boxes"].float().cpu(), target)
+            pred = {
+                "image_id": target["image_id"],
+                "boxes": boxes,
+                "scores": result["scores"].float().cpu(),
+                "labels": result["labels"].cpu(),
+            }
+            if "mask_probs" in result:
+                probs = result["mask_probs"].float().cpu()
+                probs = probs.flip(-1) if target["flip"] else probs
+                masks = paste_masks(probs, boxes, tuple(target["orig_size"]), mask_thr)
+                pred["segmentation"] = encode_masks(masks)
+            predictions.append(pred)
     model.train(was_training)
     if dist.is_available() and dist.is_initialized():
         gathered: list = [None] * dist.get_world_size()
@@ -176,6 +217,9 @@ def evaluate_detector(
         predictions = [p for part in gathered for p in part]
     image_ids = [p["image_id"] for p in predictions]
     metrics = evaluate_coco(predictions, loader.dataset, image_ids=image_ids)
+    if predictions and all("segmentation" in p for p in predictions):
+        segm = evaluate_coco(predictions, loader.dataset, image_ids=image_ids, iou_type="segm")
+        metrics |= {f"segm_{name}": value for name, value in segm.items()}
     return metrics | {"count": len(image_ids)}
 
 

@@ -229,7 +229,8 @@ class CascadeRoIHead(nn.Module):
         image_sizes: Sequence[tuple[int, int]],
     ) -> list[dict[str, Tensor]]:
         """Per image ``{"boxes": (n, 4), "scores": (n,), "labels": (n,) int64}`` and, with
-        masks, ``"masks": (n, H, W)`` bool, from its ``(m, 4)`` proposals; boxes clipped to
+        masks, ``"masks": (n, H, W)`` bool and ``"mask_probs": (n, S, S)`` (the detected
+        class's probabilities in each box), from its ``(m, 4)`` proposals; boxes clipped to
         the image's ``(H, W)`` before padding."""
         rois = rois_of(proposals)
         logits = []
@@ -257,7 +258,8 @@ class CascadeRoIHead(nn.Module):
         results: list[dict[str, Tensor]],
         image_sizes: Sequence[tuple[int, int]],
     ) -> None:
-        """Add ``"masks"`` to each result: the stages' mean sigmoid of the detected class."""
+        """Add ``"masks"`` and ``"mask_probs"`` to each result: the stages' mean sigmoid of
+        the detected class."""
         mask_feats = self.mask_roi_extractor(feats, rois_of([r["boxes"] for r in results]))
         labels = torch.cat([r["labels"] for r in results])
         rows = torch.arange(labels.numel(), device=labels.device)
@@ -266,3 +268,4 @@ class CascadeRoIHead(nn.Module):
         sizes = [len(r["boxes"]) for r in results]
         for r, p, size in zip(results, probs.split(sizes), image_sizes, strict=True):
             r["masks"] = paste_masks(p, r["boxes"], tuple(size), self.mask_thr_binary)
+            r["mask_probs"] = p  # to paste at another scale (the original image's)

@@ -228,6 +228,8 @@ def test_predict_format_with_masks() -> None:
         assert (det["scores"] > 0.05).all() and (det["scores"].diff() <= 0).all()
         assert (det["boxes"][:, 0::2] <= w).all() and (det["boxes"][:, 1::2] <= h).all()
         assert det["masks"].shape == (n, h, w) and det["masks"].dtype == torch.bool
+        assert det["mask_probs"].shape == (n, 28, 28)
+        assert torch.equal(det["masks"], paste_masks(det["mask_probs"], det["boxes"], (h, w)))
     boxes_only = _small(with_mask=False).eval()
     with torch.no_grad():
         dets = boxes_only.predict(boxes_only(torch.randn(1, 3, 64, 64)), [(64, 64)])
