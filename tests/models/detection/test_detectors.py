@@ -19,6 +19,10 @@ OUT_CHANNELS = {"retinanet": (9 * 3, 9 * 4), "fcos": (3, 4), "atss": (3, 4), "gf
 
 def test_registry_lists_the_detectors() -> None:
     two_stage = [f"faster_rcnn_r{d}_fpn" for d in (18, 50, 101)]  # test_faster_rcnn.py
+    two_stage += [
+        "cascade_mask_rcnn_r18_fpn",
+        "cascade_mask_rcnn_x101_64x4d_fpn",
+    ]  # test_cascade_rcnn.py
     assert list_models("detection") == sorted(NAMES + RESNEXT + two_stage)
     info = get_model_info("gfl_r50_fpn")
     assert info.input_size == (3, 800, 1333) and info.default_num_classes == 80
