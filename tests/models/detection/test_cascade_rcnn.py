@@ -272,3 +272,14 @@ def test_distils_neck_features_with_a_truncated_teacher() -> None:
     assert any(name.startswith("cankd.") for name in losses)
     assert len(calls) == 1  # the probe only: training stops the teacher after the neck
     sum(losses.values()).backward()
+
+
+def test_bfloat16_autocast_keeps_losses_and_masks_in_float32() -> None:
+    model = _small().train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 3, IMAGE, IMAGE))
+        losses = model.loss(out, TARGETS, (IMAGE, IMAGE))
+        dets = model.predict(out, [(IMAGE, IMAGE)] * 2)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    assert dets[0]["boxes"].dtype == torch.float32 and dets[0]["mask_probs"].dtype == torch.float32
+    sum(losses.values()).backward()
