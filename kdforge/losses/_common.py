@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -25,11 +25,16 @@ def pad_shapes(targets: Sequence[dict[str, Any]], size_divisor: int) -> list[tup
 def init_student_from_teacher(
     student: nn.Module,
     teacher: nn.Module,
-    prefixes: Sequence[str] = ("neck", "bbox_head"),
+    prefixes: Sequence[str] | Mapping[str, str] = ("neck", "bbox_head"),
     *,
     strict: bool = True,
 ) -> list[str]:
     """Copy the teacher's parameters and buffers under ``prefixes`` into the student.
+
+    ``prefixes`` names module paths present in both models, or maps a student path to the
+    teacher path it copies (``{"roi_head.bbox_head": "roi_head.bbox_head.0"}``: CanKD†'s
+    Faster R-CNN student takes its box head from the first stage of a Cascade R-CNN teacher,
+    as the official ``init_cfg=Pretrained(prefix='roi_head.bbox_head.0')`` does).
 
     CanKD† (``nlkdIN_dagger_*``) and mmrazor's MGD RetinaNet config initialise the student's
     neck and head from the teacher checkpoint (mmengine ``init_cfg=Pretrained,
@@ -42,15 +47,20 @@ def init_student_from_teacher(
     teacher: the 8 tower-conv biases stay at their init, 0). Returns the copied
     state-dict keys.
     """
-    starts = tuple(f"{p}." for p in prefixes)
+    pairs = prefixes.items() if isinstance(prefixes, Mapping) else [(p, p) for p in prefixes]
+    pairs = [(f"{s}.", f"{t}.") for s, t in pairs]
     teacher_state = teacher.state_dict()
     student_state = student.state_dict()
     copied: dict[str, Tensor] = {}
     unfilled: list[str] = []
+    used: set[str] = set()
     for key, value in student_state.items():
-        if not key.startswith(starts):
+        pair = next(((s, t) for s, t in pairs if key.startswith(s)), None)
+        if pair is None:
             continue
-        source = teacher_state.get(key)
+        teacher_key = pair[1] + key[len(pair[0]) :]
+        used.add(teacher_key)
+        source = teacher_state.get(teacher_key)
         if source is None or source.shape != value.shape:
             got = "missing" if source is None else tuple(source.shape)
             if strict:
@@ -64,7 +74,8 @@ def init_student_from_teacher(
         copied[key] = source
     if not copied:
         raise ValueError(f"init_from_teacher: the student has no tensors under {prefixes}")
-    unused = [k for k in teacher_state if k.startswith(starts) and k not in student_state]
+    starts = tuple(t for _, t in pairs)
+    unused = [k for k in teacher_state if k.startswith(starts) and k not in used]
     if unfilled or unused:
         lines = [f"init_from_teacher (non-strict): copied {len(copied)} tensors under {prefixes}"]
         if unfilled:

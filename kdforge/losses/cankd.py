@@ -23,7 +23,7 @@ Without a softmax the product reassociates, ``(θᵀφ)gᵀ = θᵀ(φgᵀ)``: `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -198,7 +198,8 @@ class CanKDLoss(LayerPairTerm):
         connector: ``"auto"`` (1×1 conv where channels differ), ``"conv1x1"`` or ``"none"``.
         product: ``"reordered"`` or ``"affinity"`` (see :func:`cross_nonlocal_attention`).
         init_from_teacher: CanKD† — module prefixes copied from the teacher into the
-            student when attached, e.g. ``["neck", "bbox_head"]`` (default: none; see
+            student when attached, e.g. ``["neck", "bbox_head"]``, or a mapping of student
+            to teacher paths (default: none; see
             :func:`kdforge.losses.init_student_from_teacher`).
         init_strict: every student tensor under ``init_from_teacher`` must come from the
             teacher (default). False loads as mmengine does: tensors the teacher lacks keep
@@ -216,14 +217,14 @@ class CanKDLoss(LayerPairTerm):
         inter_channels: int | None = None,
         connector: str = "auto",
         product: str = "reordered",
-        init_from_teacher: Sequence[str] = (),
+        init_from_teacher: Sequence[str] | Mapping[str, str] = (),
         init_strict: bool = True,
     ) -> None:
         super().__init__(student_layers, teacher_layers, weight=weight)
         check_choice("connector", connector, ("auto", "conv1x1", "none"))
         check_choice("product", product, PRODUCTS)
         self.inter_channels, self.connector_kind, self.product = inter_channels, connector, product
-        self.init_from_teacher, self.init_strict = list(init_from_teacher), init_strict
+        self.init_from_teacher, self.init_strict = init_from_teacher, init_strict
         self.connectors = nn.ModuleList()
         self.levels = nn.ModuleList()
 

@@ -252,3 +252,26 @@ def test_cankd_dagger_fcos_recipes_keep_their_test_settings(recipe, official, nm
     test_cfg = create_model(cfg.student.name, **small, **kwargs).bbox_head.test_cfg
     assert (test_cfg.nms_pre, test_cfg.max_per_img) == (nms_pre, max_per_img)
     assert test_cfg.score_thr == 0.05 and test_cfg.iou_threshold == 0.6
+
+
+def test_dagger_maps_the_student_box_head_to_the_first_cascade_stage():
+    """nlkdIN_dagger_fpn_cmrcnn_x101_frcnn_r50: the Faster R-CNN student's neck and box head
+    start from a Cascade Mask R-CNN teacher's neck and first-stage box head (official prefix
+    'roi_head.bbox_head.0'); mmengine skips the class-specific regressor, whose shape
+    differs from the teacher's class-agnostic one."""
+    torch.manual_seed(0)
+    teacher = create_model("cascade_mask_rcnn_r18_fpn", num_classes=3)
+    student = create_model("faster_rcnn_r18_fpn", num_classes=3)
+    mapping = {"neck": "neck", "roi_head.bbox_head": "roi_head.bbox_head.0"}
+    with pytest.warns(UserWarning, match=r"roi_head\.bbox_head\.fc_reg\.weight \(12, 1024\)"):
+        copied = init_student_from_teacher(student, teacher, mapping, strict=False)
+    state_s, state_t = student.state_dict(), teacher.state_dict()
+    for key in ("shared_fcs.0.weight", "shared_fcs.1.bias", "fc_cls.weight"):
+        assert torch.equal(
+            state_s[f"roi_head.bbox_head.{key}"], state_t[f"roi_head.bbox_head.0.{key}"]
+        )
+    assert "roi_head.bbox_head.fc_reg.weight" not in copied
+    assert torch.equal(
+        state_s["neck.fpn_convs.0.conv.weight"], state_t["neck.fpn_convs.0.conv.weight"]
+    )
+    assert not any(k.startswith("rpn_head") for k in copied)
