@@ -25,6 +25,14 @@ DAGGER_NON_STRICT = {**DAGGER, "init_strict": False}  # FCOS†: conv_bias=True 
 # Faster R-CNN†: init_cfg Pretrained, prefix 'neck.' on the FPN and 'roi_head.bbox_head' on
 # the box head (mmengine appends the '.'); the RPN head keeps its own init
 DAGGER_RCNN = {**DET_CANKD, "init_from_teacher": ["neck", "roi_head.bbox_head"]}
+# Cascade teacher -> Faster R-CNN student: prefix 'neck' and 'roi_head.bbox_head.0' (the first
+# stage), non-strict as mmengine loads it (the class-agnostic regressor does not fit)
+DAGGER_CASCADE = {
+    **DET_CANKD,
+    "init_from_teacher": {"neck": "neck", "roi_head.bbox_head": "roi_head.bbox_head.0"},
+    "init_strict": False,
+}
+CASCADE = ("cascade_mask_rcnn_x101_64x4d_fpn", "cascade_mask_rcnn_x101_64x4d_fpn_20e")
 MGD_FPN = {
     "student_layers": [*FPN4, "neck.fpn_convs.4"],
     "weight": 2e-5,
@@ -90,6 +98,12 @@ DETECTION = {
     "cankd-dagger_faster-rcnn_r101_faster-rcnn_r50_fpn_2x.yaml": (
         "faster_rcnn_r101_fpn", "faster_rcnn_r101_fpn_2x", "faster_rcnn_r50_fpn",
         {"cankd": DAGGER_RCNN}, "box AP 40.7",
+    ),
+    "cankd_cascade-mask-rcnn_x101_faster-rcnn_r50_fpn_2x.yaml": (
+        *CASCADE, "faster_rcnn_r50_fpn", {"cankd": DET_CANKD}, "box AP 42.0",
+    ),
+    "cankd-dagger_cascade-mask-rcnn_x101_faster-rcnn_r50_fpn_2x.yaml": (
+        *CASCADE, "faster_rcnn_r50_fpn", {"cankd": DAGGER_CASCADE}, "box AP 42.5",
     ),
     "pkd_faster-rcnn_r101_faster-rcnn_r50_fpn_2x.yaml": (  # mmrazor's PKDLoss(loss_weight=6)
         "faster_rcnn_r101_fpn", "faster_rcnn_r101_fpn_2x", "faster_rcnn_r50_fpn",
@@ -178,6 +192,8 @@ def test_readme_rows_agree_with_the_recipe_headers():
     assert faster == {
         "coco/cankd/cankd_faster-rcnn_r101_faster-rcnn_r50_fpn_2x": "CanKD 40.1",
         "coco/cankd/cankd-dagger_faster-rcnn_r101_faster-rcnn_r50_fpn_2x": "CanKD† 40.7",
+        "coco/cankd/cankd_cascade-mask-rcnn_x101_faster-rcnn_r50_fpn_2x": "CanKD 42.0",
+        "coco/cankd/cankd-dagger_cascade-mask-rcnn_x101_faster-rcnn_r50_fpn_2x": "CanKD† 42.5",
     }
     for name, number in numbers.items():
         first = (CONFIGS / f"{name}.yaml").read_text().splitlines()[0]

@@ -231,6 +231,13 @@ CATALOGUE: tuple[Entry, ...] = (
         "faster_rcnn_r101_fpn",
         "checkpoints/coco/faster_rcnn_r101_fpn_2x.safetensors",
     ),
+    _mmdet(
+        "cascade_mask_rcnn_x101_64x4d_fpn_20e_coco",
+        "cascade_rcnn/cascade_mask_rcnn_x101_64x4d_fpn_20e_coco/"
+        "cascade_mask_rcnn_x101_64x4d_fpn_20e_coco_20200512_161033-bdb5126a.pth",
+        "cascade_mask_rcnn_x101_64x4d_fpn",
+        "checkpoints/coco/cascade_mask_rcnn_x101_64x4d_fpn_20e.safetensors",
+    ),
     # --- Cityscapes segmenters (mmsegmentation 1.x config names) ---------------------------
     _mmseg(
         "pspnet_r101-d8_4xb2-80k_cityscapes-512x1024",
