@@ -11,10 +11,10 @@ and mask heads are :class:`CascadeRoIHead`'s. State-dict keys equal mmdetection'
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
+from typing import Any
 
 from kdforge.models.detection.cascade_roi_head import CascadeRoIHead
-from kdforge.models.detection.faster_rcnn import build_rcnn_trunk
+from kdforge.models.detection.faster_rcnn import build_rcnn_trunk, split_trunk_kwargs
 from kdforge.models.detection.rpn_head import RPN_TRAIN_CFG
 from kdforge.models.detection.two_stage import TwoStageDetector
 
@@ -28,17 +28,8 @@ def build_cascade_rcnn(
     num_classes: int = 80,
     *,
     with_mask: bool = True,
-    frozen_stages: int = 1,
-    norm_eval: bool = True,
-    style: str = "pytorch",
-    norm_requires_grad: bool = True,
-    backbone_pretrained: str | Path | None = None,
-    groups: int = 1,
-    base_width: int = 4,
-    fpn_channels: int = 256,
-    feat_channels: int | None = None,
     fc_out_channels: int = 1024,
-    **roi_head_kwargs,
+    **kwargs: Any,
 ) -> TwoStageDetector:
     """Build a Cascade Mask R-CNN (or, ``with_mask=False``, Cascade R-CNN) ResNet(-X)-FPN.
 
@@ -46,27 +37,16 @@ def build_cascade_rcnn(
         depth: ResNet depth (18, 34, 50, 101).
         num_classes: object classes.
         with_mask: add the three mask heads.
-        frozen_stages, norm_eval, style, norm_requires_grad, groups, base_width,
-            backbone_pretrained, fpn_channels, feat_channels: see :func:`build_rcnn_trunk`.
         fc_out_channels: width of each box head's two shared layers.
-        **roi_head_kwargs: further :class:`CascadeRoIHead` keywords (``score_thr``,
-            ``stage_ious``, ``mask_thr_binary`` ...).
+        **kwargs: :func:`build_rcnn_trunk`'s keywords (``style``, ``groups``, ``base_width``,
+            ``fpn_channels``...), then further :class:`CascadeRoIHead` keywords
+            (``score_thr``, ``stage_ious``, ``mask_thr_binary``...).
     """
-    backbone, neck, rpn_head = build_rcnn_trunk(
-        depth,
-        frozen_stages=frozen_stages,
-        norm_eval=norm_eval,
-        style=style,
-        norm_requires_grad=norm_requires_grad,
-        backbone_pretrained=backbone_pretrained,
-        groups=groups,
-        base_width=base_width,
-        fpn_channels=fpn_channels,
-        feat_channels=feat_channels,
-    )
+    trunk, roi_head_kwargs = split_trunk_kwargs(kwargs)
+    backbone, neck, rpn_head = build_rcnn_trunk(depth, **trunk)
     roi_head = CascadeRoIHead(
         num_classes,
-        fpn_channels,
+        neck.fpn_convs[0].conv.out_channels,
         fc_out_channels=fc_out_channels,
         with_mask=with_mask,
         **roi_head_kwargs,

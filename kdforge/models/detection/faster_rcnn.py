@@ -11,7 +11,9 @@ mmdetection's (``rpn_head.rpn_conv.weight``, ``roi_head.bbox_head.shared_fcs.0.w
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Any
 
 from kdforge.models.detection.backbone import ResNetBackbone
 from kdforge.models.detection.fpn import FPN
@@ -19,7 +21,7 @@ from kdforge.models.detection.roi_head import StandardRoIHead
 from kdforge.models.detection.rpn_head import RPNHead
 from kdforge.models.detection.two_stage import TwoStageDetector
 
-__all__ = ["build_faster_rcnn", "build_rcnn_trunk"]
+__all__ = ["build_faster_rcnn", "build_rcnn_trunk", "split_trunk_kwargs"]
 
 
 def build_rcnn_trunk(
@@ -35,8 +37,17 @@ def build_rcnn_trunk(
     fpn_channels: int = 256,
     feat_channels: int | None = None,
 ) -> tuple[ResNetBackbone, FPN, RPNHead]:
-    """The backbone, FPN and RPN that the R-CNN family shares (keywords as
-    :func:`build_faster_rcnn`)."""
+    """The backbone, FPN and RPN that the R-CNN family shares.
+
+    Args:
+        depth: ResNet depth (18, 34, 50, 101).
+        frozen_stages, norm_eval, style, norm_requires_grad, groups, base_width: see
+            :class:`ResNetBackbone` (``style="caffe"`` with ``norm_requires_grad=False`` for
+            mmdetection's ``-caffe`` configs).
+        backbone_pretrained: a torchvision-keyed ImageNet ResNet/ResNeXt checkpoint.
+        fpn_channels: FPN output channels.
+        feat_channels: channels of the RPN's 3x3 conv (``fpn_channels`` when None).
+    """
     backbone = ResNetBackbone(
         depth,
         style=style,
@@ -58,49 +69,33 @@ def build_rcnn_trunk(
     return backbone, neck, RPNHead(fpn_channels, feat_channels or fpn_channels)
 
 
+def split_trunk_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``kwargs`` split into :func:`build_rcnn_trunk`'s keywords and the rest (the RoI
+    head's), so each R-CNN builder passes the trunk's through without restating them."""
+    trunk = {k: v for k, v in kwargs.items() if k in _TRUNK_KEYWORDS}
+    return trunk, {k: v for k, v in kwargs.items() if k not in _TRUNK_KEYWORDS}
+
+
 def build_faster_rcnn(
-    depth: int = 50,
-    num_classes: int = 80,
-    *,
-    frozen_stages: int = 1,
-    norm_eval: bool = True,
-    style: str = "pytorch",
-    norm_requires_grad: bool = True,
-    backbone_pretrained: str | Path | None = None,
-    groups: int = 1,
-    base_width: int = 4,
-    fpn_channels: int = 256,
-    feat_channels: int | None = None,
-    fc_out_channels: int = 1024,
-    **roi_head_kwargs,
+    depth: int = 50, num_classes: int = 80, *, fc_out_channels: int = 1024, **kwargs: Any
 ) -> TwoStageDetector:
     """Build a Faster R-CNN ResNet(-X)-FPN with mmdetection's defaults.
 
     Args:
         depth: ResNet depth (18, 34, 50, 101).
         num_classes: object classes.
-        frozen_stages, norm_eval, style, norm_requires_grad, groups, base_width: see
-            :class:`ResNetBackbone`.
-        backbone_pretrained: a torchvision-keyed ImageNet ResNet/ResNeXt checkpoint.
-        fpn_channels: FPN output channels.
-        feat_channels: channels of the RPN's 3x3 conv (``fpn_channels`` when None).
         fc_out_channels: width of the box head's two shared layers.
-        **roi_head_kwargs: further :class:`StandardRoIHead` keywords (``score_thr``,
-            ``nms_iou``, ``num_samples`` ...).
+        **kwargs: :func:`build_rcnn_trunk`'s keywords (``style``, ``frozen_stages``,
+            ``backbone_pretrained``, ``fpn_channels``, ``groups``...), then further
+            :class:`StandardRoIHead` keywords (``score_thr``, ``nms_iou``, ``num_samples``...).
     """
-    backbone, neck, rpn_head = build_rcnn_trunk(
-        depth,
-        frozen_stages=frozen_stages,
-        norm_eval=norm_eval,
-        style=style,
-        norm_requires_grad=norm_requires_grad,
-        backbone_pretrained=backbone_pretrained,
-        groups=groups,
-        base_width=base_width,
-        fpn_channels=fpn_channels,
-        feat_channels=feat_channels,
-    )
+    trunk, roi_head_kwargs = split_trunk_kwargs(kwargs)
+    backbone, neck, rpn_head = build_rcnn_trunk(depth, **trunk)
+    fpn_channels = neck.fpn_convs[0].conv.out_channels
     roi_head = StandardRoIHead(
         num_classes, fpn_channels, fc_out_channels=fc_out_channels, **roi_head_kwargs
     )
     return TwoStageDetector(backbone, neck, rpn_head, roi_head)
+
+
+_TRUNK_KEYWORDS = frozenset(inspect.signature(build_rcnn_trunk).parameters) - {"depth"}
