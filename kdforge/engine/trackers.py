@@ -15,6 +15,7 @@ below the run's last one, MLflow keeps both.
 
 from __future__ import annotations
 
+import abc
 import importlib
 import time
 from types import ModuleType
@@ -53,7 +54,7 @@ def _flat(values: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
     return pairs
 
 
-class TrackerHook(HookBase):
+class TrackerHook(HookBase, abc.ABC):
     """Base of the tracker hooks: a run started (or resumed) before training that then
     receives the run logger's scalars; the run's id is the hook's state.
 
@@ -76,18 +77,18 @@ class TrackerHook(HookBase):
         self.run_id = self.start(self.trainer.run_dir.name)
         logger.trackers.append(self)
 
+    @abc.abstractmethod
     def start(self, default_name: str) -> str:
         """Start a run named ``default_name`` unless the options name it, or resume the run
         ``self.run_id`` when set; return the run's id."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def log_scalars(self, scalars: dict[str, float], step: int) -> None:
         """Log ``{name: value}`` at ``step`` (optimizer steps)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def finish(self, success: bool) -> None:
         """End the run, as failed unless ``success``."""
-        raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id}
