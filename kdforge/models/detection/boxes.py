@@ -10,7 +10,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["bbox_overlaps", "box_area", "box_centers"]
+__all__ = [
+    "bbox_overlaps",
+    "box_area",
+    "box_centers",
+    "cxcywh_to_xyxy",
+    "inverse_sigmoid",
+    "xyxy_to_cxcywh",
+]
 
 
 def box_area(boxes: Tensor) -> Tensor:
@@ -67,3 +74,22 @@ def bbox_overlaps(
     ).clamp(min=0)
     enclose = (enclose_wh[..., 0] * enclose_wh[..., 1]).clamp(min=eps)
     return ious - (enclose - union) / enclose
+
+
+def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
+    """``(..., 4)`` ``(cx, cy, w, h)`` -> ``(x1, y1, x2, y2)`` (mmdet ``bbox_cxcywh_to_xyxy``)."""
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
+
+
+def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
+    """``(..., 4)`` ``(x1, y1, x2, y2)`` -> ``(cx, cy, w, h)`` (mmdet ``bbox_xyxy_to_cxcywh``)."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), dim=-1)
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """``log(x / (1 - x))`` with ``x`` clamped to ``[0, 1]`` and both terms below by ``eps``
+    (mmdetection ``layers.transformer.utils.inverse_sigmoid``)."""
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
