@@ -141,13 +141,16 @@ def build_coco_datasets(
     multiscale_mode: str = "range",
     normalize: str = "pytorch",
     on_bad_sample: str = "error",
+    with_masks: bool = False,
 ) -> tuple[CocoDetection, CocoDetection]:
     """``(train, val)`` from ``root/annotations/instances_<split>.json`` and ``root/<split>/``.
 
     Training drops images without annotations or under 32 px; see
     :func:`~kdforge.data.presets.detection_train` for ``scale``, ``train_scales``,
     ``multiscale_mode`` and ``normalize``, and :mod:`kdforge.data.bad_samples` for
-    ``on_bad_sample``. Batch the items with ``collate_detection``.
+    ``on_bad_sample``. ``with_masks`` gives the training items instance ``masks`` (Mask
+    R-CNN; mask AP is computed from the validation JSON, so validation items go without).
+    Batch the items with ``collate_detection``.
     """
     root = Path(root).expanduser()
     ann = root / "annotations"
@@ -158,6 +161,7 @@ def build_coco_datasets(
         filter_empty_gt=True,
         min_size=32,
         on_bad_sample=on_bad_sample,
+        with_masks=with_masks,
     )
     val_tf = presets.detection_eval(scale, normalize)
     val_ann = ann / f"instances_{val_split}.json"

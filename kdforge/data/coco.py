@@ -3,6 +3,7 @@
 Annotations are parsed as mmdetection's ``CocoDataset`` does: a box is dropped when it does
 not overlap the image, has ``area <= 0``, ``w < 1`` or ``h < 1``, or is marked ``ignore``;
 ``iscrowd=1`` boxes go to ``ignore_boxes``; category ids, sorted, map to labels ``0..K-1``.
+With ``with_masks=True`` each box also gets its instance mask (:mod:`~kdforge.data.instance_masks`).
 Every problem in the file (bad JSON, a missing key, an unknown category or image id, a missing
 image file) fails at construction naming the file and the entry.
 """
@@ -23,6 +24,7 @@ from torch.utils.data import Dataset
 
 from kdforge.data.bad_samples import DataProblems, DataWarning, SampleError, SkipsBadSamples
 from kdforge.data.decode import decode_image_cv
+from kdforge.data.instance_masks import check_segmentations, decode_masks, usable_polygons
 from kdforge.data.transforms import ToTensor
 from kdforge.errors import DataError
 
@@ -167,11 +169,13 @@ def read_coco_json(path: str | Path) -> dict[str, Any]:
 
 
 def _parse_boxes(
-    anns: list[dict], width: int, height: int, cat2label: dict[int, int]
-) -> tuple[Target, int]:
-    """mmdetection's ``_parse_ann_info``: xyxy boxes, labels and crowd (ignored) boxes, and
-    the number of boxes dropped as invalid (outside the image, ``area <= 0``, ``w, h < 1``)."""
-    boxes, labels, ignore = [], [], []
+    anns: list[dict], width: int, height: int, cat2label: dict[int, int], with_masks: bool = False
+) -> tuple[Target, list, int]:
+    """mmdetection's ``_parse_ann_info``: xyxy boxes, labels and crowd (ignored) boxes, the
+    segmentation of each box (``with_masks``; a box without a usable polygon is ignored, as
+    mmdetection's ``ignore_flag``), and the number of boxes dropped as invalid (outside the
+    image, ``area <= 0``, ``w, h < 1``)."""
+    boxes, labels, ignore, segms = [], [], [], []
     dropped = 0
     for ann in anns:
         if ann.get("ignore", False):
@@ -182,17 +186,19 @@ def _parse_boxes(
         if inter_w * inter_h == 0 or ann["area"] <= 0 or w < 1 or h < 1:
             dropped += 1
             continue
-        if ann["iscrowd"]:
+        segm = usable_polygons(ann["segmentation"]) if with_masks and not ann["iscrowd"] else None
+        if ann["iscrowd"] or (with_masks and not segm):
             ignore.append([x, y, x + w, y + h])
         else:
             boxes.append([x, y, x + w, y + h])
             labels.append(cat2label[ann["category_id"]])
+            segms.append(segm)
     target = {
         "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
         "labels": np.asarray(labels, dtype=np.int64),
         "ignore_boxes": np.asarray(ignore, dtype=np.float32).reshape(-1, 4),
     }
-    return target, dropped
+    return target, segms, dropped
 
 
 class CocoDetection(SkipsBadSamples, Dataset):
@@ -201,7 +207,8 @@ class CocoDetection(SkipsBadSamples, Dataset):
     ``target`` holds ``boxes`` (``(M, 4)`` float xyxy pixels), ``labels`` (``(M,)`` long,
     contiguous), ``ignore_boxes`` (``(K, 4)``, the crowd boxes), ``image_id``, ``orig_size``
     ``(h, w)``, ``img_shape`` ``(h, w)`` after transforms, ``scale_factor`` ``(w_scale,
-    h_scale)`` and ``flip``.
+    h_scale)``, ``flip`` and, with ``with_masks``, ``masks`` (``(M, H, W)`` uint8, one per
+    box, moved by the transforms as the boxes are).
 
     Args:
         root: The image folder (``coco/val2017``).
@@ -213,6 +220,8 @@ class CocoDetection(SkipsBadSamples, Dataset):
         min_size: Drop images whose shorter side is below this (mmdetection trains with 32).
         on_bad_sample: ``"error"`` or ``"skip"`` a missing, unreadable or wrongly sized image
             (see :mod:`kdforge.data.bad_samples`).
+        with_masks: Decode each box's ``segmentation`` (polygons or RLE) into ``masks`` when
+            an item is loaded (for Mask R-CNN training; ``uint8``, G x H x W bytes an item).
 
     Attributes:
         cat_ids: Sorted COCO category ids; ``label2cat[label]`` is ``cat_ids[label]``.
@@ -233,11 +242,12 @@ class CocoDetection(SkipsBadSamples, Dataset):
         filter_empty_gt: bool = False,
         min_size: int = 0,
         on_bad_sample: str = "error",
+        with_masks: bool = False,
     ) -> None:
         self.root = Path(root).expanduser()
         self.ann_file = Path(ann_file).expanduser()
         self.transform = transform
-        data = read_coco_json(self.ann_file)
+        data = self._read_annotations()
         if not self.root.is_dir():
             raise DataError(
                 f"image folder {str(self.root)!r} does not exist. Expected:\n{COCO_LAYOUT}"
@@ -259,12 +269,17 @@ class CocoDetection(SkipsBadSamples, Dataset):
         self._check_not_empty(data, filter_empty_gt, min_size)
         self._init_policy(on_bad_sample)
         self._check_files()
+        if with_masks:
+            check_segmentations(self.images, by_image, self.ann_file)
         parsed = [
-            _parse_boxes(by_image[img["id"]], img["width"], img["height"], self.cat2label)
+            _parse_boxes(
+                by_image[img["id"]], img["width"], img["height"], self.cat2label, with_masks
+            )
             for img in self.images
         ]
-        self._targets = [target for target, _ in parsed]
-        self.dropped_boxes = sum(dropped for _, dropped in parsed)
+        self._targets = [target for target, _, _ in parsed]
+        self._segms = [segms for _, segms, _ in parsed] if with_masks else None
+        self.dropped_boxes = sum(dropped for _, _, dropped in parsed)
         self.notes: list[str] = []
         if self.dropped_boxes:
             kept = sum(len(t["boxes"]) + len(t["ignore_boxes"]) for t in self._targets)
@@ -275,6 +290,10 @@ class CocoDetection(SkipsBadSamples, Dataset):
             )
             warnings.warn(self.notes[-1], DataWarning, stacklevel=2)
         self._to_tensor = ToTensor()
+
+    def _read_annotations(self) -> dict[str, Any]:
+        """The checked annotation file (a subclass adapts file names or leaves images out)."""
+        return read_coco_json(self.ann_file)
 
     def _check_not_empty(self, data: dict[str, Any], filter_empty_gt: bool, min_size: int) -> None:
         """A clear DataError for a file or a filtered data set with nothing in it."""
@@ -359,6 +378,8 @@ class CocoDetection(SkipsBadSamples, Dataset):
         target.update(
             image_id=info["id"], orig_size=size, img_shape=size, scale_factor=(1.0, 1.0), flip=False
         )
+        if self._segms is not None:
+            target["masks"] = decode_masks(self._segms[index], *size)  # (M, H, W) uint8
         if self.transform is not None:
             return self.transform(img, target)
         return self._to_tensor(img), target

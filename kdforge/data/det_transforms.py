@@ -5,7 +5,10 @@ Each transform is called as ``t(image, target) -> (image, target)``; ``image`` i
 converted) and ``target`` the dict of ``CocoDetection``. As in ``kdforge.data.transforms``,
 randomness comes only from torch's global RNG and random transforms split into
 ``sample_params(image)`` and ``apply(image, target, params)``. Resizing is mmcv's: OpenCV
-bilinear without antialiasing (:mod:`kdforge.data.geometric`).
+bilinear without antialiasing (:mod:`kdforge.data.geometric`). Instance masks
+(``target["masks"]``, ``(M, H, W)`` uint8, :mod:`kdforge.data.instance_masks`) follow the
+image as mmdetection's ``BitmapMasks`` do: resized with OpenCV nearest, flipped, and padded
+with 0 to the batch's size by ``collate_detection`` (its ``pad_mask=True``).
 """
 
 from __future__ import annotations
@@ -47,6 +50,18 @@ def _hflip(boxes: torch.Tensor, width: int) -> torch.Tensor:
     return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
 
 
+def _resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(M, H, W)`` masks -> ``(M, h, w)`` for ``size = (w, h)``, OpenCV nearest."""
+    width, height = size
+    resized = [imresize(m.numpy(), size, "nearest") for m in masks]
+    return torch.from_numpy(np.stack(resized)) if resized else masks.new_zeros(0, height, width)
+
+
+def _pad_masks(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``(M, h, w)`` masks padded with 0 at the bottom and right to ``(M, height, width)``."""
+    return F.pad(masks, (0, width - masks.shape[-1], 0, height - masks.shape[-2]))
+
+
 class DetCompose:
     """Apply ``(image, target)`` transforms one after the other."""
 
@@ -65,7 +80,8 @@ class DetCompose:
 class DetResize:
     """Keep-ratio resize to fit ``scale`` (mmdetection ``Resize(scale, keep_ratio=True)``).
 
-    Boxes are multiplied by ``(w_scale, h_scale)`` and clipped to the new image;
+    Boxes are multiplied by ``(w_scale, h_scale)`` and clipped to the new image, masks
+    resized to it with OpenCV nearest (``BitmapMasks.rescale``);
     ``target["scale_factor"]`` accumulates the factors relative to the original image.
     """
 
@@ -85,6 +101,8 @@ class DetResize:
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, new_w)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, new_h)
             target[key] = boxes
+        if "masks" in target:
+            target["masks"] = _resize_masks(target["masks"], (new_w, new_h))
         old_w, old_h = target["scale_factor"]
         target.update(img_shape=(new_h, new_w), scale_factor=(old_w * w_scale, old_h * h_scale))
         return imresize(image, (new_w, new_h), "bilinear"), target
@@ -131,7 +149,8 @@ class DetRandomResize(DetResize):
 
 
 class DetRandomFlip:
-    """Horizontal flip with probability ``p``; boxes become ``(w - x2, y1, w - x1, y2)``."""
+    """Horizontal flip with probability ``p``; boxes become ``(w - x2, y1, w - x1, y2)``,
+    masks are mirrored."""
 
     def __init__(self, p: float = 0.5) -> None:
         self.p = p
@@ -148,6 +167,8 @@ class DetRandomFlip:
         target = dict(target, flip=not target["flip"])
         for key in ("boxes", "ignore_boxes"):
             target[key] = _hflip(target[key], image.shape[1])
+        if "masks" in target:
+            target["masks"] = target["masks"].flip(-1)  # (M, H, W)
         return hflip(image), target
 
     def __call__(self, image: Any, target: Target) -> tuple[Any, Target]:
@@ -198,7 +219,8 @@ def collate_detection(
     """Stack ``(image, target)`` items into ``(images (N, 3, H, W), [target, ...])``.
 
     Images are padded at the bottom and right with ``pad_value`` to the largest height and
-    width in the batch, rounded up to a multiple of ``size_divisor``.
+    width in the batch, rounded up to a multiple of ``size_divisor``; the targets' ``masks``
+    likewise with 0 (in new target dicts; the items' are not changed).
     """
     height = math.ceil(max(img.shape[-2] for img, _ in batch) / size_divisor) * size_divisor
     width = math.ceil(max(img.shape[-1] for img, _ in batch) / size_divisor) * size_divisor
@@ -208,7 +230,11 @@ def collate_detection(
             for img, _ in batch
         ]
     )
-    return images, [target for _, target in batch]
+    targets = [
+        dict(t, masks=_pad_masks(t["masks"], height, width)) if "masks" in t else t
+        for _, t in batch
+    ]
+    return images, targets
 
 
 def rescale_boxes(boxes: torch.Tensor, target: Target) -> torch.Tensor:

@@ -134,8 +134,9 @@ class CascadeRoIHead(nn.Module):
         if self.with_mask and any("masks" not in t for t in targets):
             raise DataError(
                 "training Cascade Mask R-CNN needs instance masks in the targets "
-                '(targets["masks"], (M, H, W) bool); the data gives boxes only: build the '
-                "model with with_mask=False, or use data with masks"
+                '(targets["masks"], (M, H, W)); the data gives boxes only: load them with '
+                "data.options.with_masks=true (CocoDetection(with_masks=True)), or build the "
+                "model with with_mask=False"
             )
         dev = proposals[0].device if proposals else feats[0].device
         gts = [
