@@ -37,7 +37,8 @@ def default_num_workers() -> int:
 
 @dataclass
 class DataConfig:
-    # cifar100 | cifar10 | imagefolder | digits; coco (detection); cityscapes | segfolder
+    # cifar100 | cifar10 | imagefolder | digits; coco | objects365v2 (detection);
+    # cityscapes | segfolder
     name: str = "cifar100"
     root: str | None = "data"  # folder that holds the data set (see kdforge.data)
     batch_size: int = 64  # per process

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from kdforge.data import build_coco_datasets, build_datasets, build_segmentation_datasets
 from kdforge.data import transforms as T
 from kdforge.data.det_transforms import collate_detection, rescale_boxes
+from kdforge.data.objects365 import build_objects365v2_datasets
 from kdforge.data.presets import classification_view, detection_eval, segmentation_eval
 from kdforge.data.seg_transforms import collate_segmentation
 from kdforge.engine.eval import (
@@ -93,10 +94,14 @@ def _classification_data(data_cfg: DictConfig) -> tuple[Dataset, Dataset]:
     return build_datasets(data_cfg.name, data_cfg.root, **_options(data_cfg, ()))
 
 
+_DET_DATA = {"coco": build_coco_datasets, "objects365v2": build_objects365v2_datasets}
+
+
 def _detection_options(data_cfg: DictConfig) -> dict[str, Any]:
-    if data_cfg.name != "coco":
+    if data_cfg.name not in _DET_DATA:
         raise ConfigError(
-            f"task detection reads COCO-format data: set data.name=coco, not {data_cfg.name!r}"
+            "task detection reads COCO-format data: set data.name=objects365v2 (Objects365 v2 "
+            f"as mmdetection lays it out) or data.name=coco, not {data_cfg.name!r}"
         )
     options = _options(data_cfg, ("scale",))
     if options.get("train_scales"):
@@ -105,7 +110,7 @@ def _detection_options(data_cfg: DictConfig) -> dict[str, Any]:
 
 
 def _detection_data(data_cfg: DictConfig) -> tuple[Dataset, Dataset]:
-    return build_coco_datasets(data_cfg.root, **_detection_options(data_cfg))
+    return _DET_DATA[data_cfg.name](data_cfg.root, **_detection_options(data_cfg))
 
 
 _SEG_DATA = {"cityscapes": "cityscapes", "segfolder": "folder"}
