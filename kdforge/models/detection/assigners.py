@@ -14,7 +14,7 @@ from torch import Tensor
 
 from kdforge.models.detection.boxes import bbox_overlaps, box_centers
 
-__all__ = ["atss_assign", "centerness_target", "fcos_targets", "max_iou_assign"]
+__all__ = ["atss_assign", "centerness_target", "fcos_targets", "max_iou_assign", "point_assign"]
 
 _INF = 100000000.0
 
@@ -213,3 +213,43 @@ def centerness_target(distances: Tensor) -> Tensor:
     ``(l, t, r, b)`` distances from points inside their boxes (Tian et al., 2019)."""
     lr, tb = distances[:, 0::2], distances[:, 1::2]
     return torch.sqrt(lr.amin(1) / lr.amax(1) * (tb.amin(1) / tb.amax(1)))
+
+
+def point_assign(
+    points: Tensor, point_strides: Tensor, gt_boxes: Tensor, scale: float = 4, pos_num: int = 1
+) -> Tensor:
+    """mmdetection's ``PointAssigner`` (RepPoints' init stage, Yang et al., 2019).
+
+    Box ``i`` of size ``(w, h)`` belongs to pyramid level ``int((log2(w / scale) +
+    log2(h / scale)) / 2)`` (truncated toward zero, clamped to the levels present, level
+    ``log2(stride)``); on that level the ``pos_num`` points closest to its centre, by the
+    distance ``||(p - c) / (w, h)||``, become positive for it unless an earlier box already
+    holds them at a distance no larger. All other points are background (no ignored ones).
+
+    Args:
+        points: ``(P, 2)`` ``(x, y)`` locations, levels concatenated.
+        point_strides: ``(P,)`` stride of each point's level (powers of two).
+        gt_boxes: ``(G, 4)`` boxes.
+
+    Returns:
+        ``(P,)`` int64 ``gt_inds`` (0 background, ``i + 1`` box ``i``).
+    """
+    num_points, num_gts = points.shape[0], gt_boxes.shape[0]
+    gt_inds = points.new_zeros((num_points,), dtype=torch.long)
+    if num_gts == 0 or num_points == 0:
+        return gt_inds
+    points_lvl = torch.log2(point_strides).int()
+    centers = box_centers(gt_boxes)
+    wh = (gt_boxes[:, 2:] - gt_boxes[:, :2]).clamp(min=1e-6)
+    gt_lvl = ((torch.log2(wh[:, 0] / scale) + torch.log2(wh[:, 1] / scale)) / 2).int()
+    gt_lvl = gt_lvl.clamp(min=points_lvl.min(), max=points_lvl.max())
+    assigned_dist = points.new_full((num_points,), float("inf"))
+    for i in range(num_gts):
+        on_level = (points_lvl == gt_lvl[i]).nonzero().squeeze(1)
+        dist = ((points[on_level] - centers[i]) / wh[i]).norm(dim=1)
+        min_dist, nearest = dist.topk(min(pos_num, dist.numel()), largest=False)
+        idx = on_level[nearest]
+        closer = min_dist < assigned_dist[idx]
+        gt_inds[idx[closer]] = i + 1
+        assigned_dist[idx[closer]] = min_dist[closer]
+    return gt_inds

@@ -4,7 +4,8 @@ mmdetection's ``FPN`` with ``start_level=1``, ``num_outs=5``: 1x1 lateral convs 
 ``C3..C5``, nearest-neighbour top-down sums, 3x3 output convs give ``P3..P5``, and two
 stride-2 3x3 convs give ``P6`` (from ``C5`` with ``add_extra_convs="on_input"``,
 RetinaNet; from ``P5`` with ``"on_output"``, FCOS/ATSS/GFL) and ``P7`` (from ``P6``, after
-a ReLU with ``relu_before_extra_convs``, FCOS). No norm, no activation, conv biases.
+a ReLU with ``relu_before_extra_convs``, FCOS). No activation; no norm and conv biases, or
+GroupNorm after every conv without biases (``norm_groups``, RepPoints' ``fpn-gn``).
 Every pyramid level is the output of the module ``fpn_convs.{i}``, so forward hooks on
 ``neck.fpn_convs.0`` .. ``neck.fpn_convs.4`` read ``P3`` .. ``P7``. Faster R-CNN uses
 ``start_level=0`` and ``add_extra_convs=None``: ``P2..P5`` from ``fpn_convs.0..3`` and
@@ -36,6 +37,9 @@ class FPN(nn.Module):
             ``None``: every extra level is a stride-2 max-pool of the previous one.
         relu_before_extra_convs: apply a (non in-place) ReLU before the second and later
             extra convs.
+        norm_groups: GroupNorm groups after every conv (mmdetection's ``norm_cfg=dict(
+            type="GN", num_groups=32)``, RepPoints); the convs then have no bias. ``None``: no
+            norm, conv biases.
     """
 
     def __init__(
@@ -46,6 +50,7 @@ class FPN(nn.Module):
         num_outs: int = 5,
         add_extra_convs: str | None = "on_input",
         relu_before_extra_convs: bool = False,
+        norm_groups: int | None = None,
     ) -> None:
         super().__init__()
         if add_extra_convs not in ("on_input", "on_lateral", "on_output", None):
@@ -57,8 +62,14 @@ class FPN(nn.Module):
         self.lateral_convs = nn.ModuleList()
         self.fpn_convs = nn.ModuleList()
         for chs in self.in_channels[start_level:]:
-            self.lateral_convs.append(ConvModule(chs, out_channels, 1, act=False))
-            self.fpn_convs.append(ConvModule(out_channels, out_channels, 3, padding=1, act=False))
+            self.lateral_convs.append(
+                ConvModule(chs, out_channels, 1, norm_groups=norm_groups, act=False)
+            )
+            self.fpn_convs.append(
+                ConvModule(
+                    out_channels, out_channels, 3, padding=1, norm_groups=norm_groups, act=False
+                )
+            )
         num_extra = num_outs - len(self.lateral_convs)
         # mmdetection's F.max_pool2d(x, 1, stride=2), as modules so that hooks can read them
         self.extra_pools = nn.ModuleList(
@@ -66,11 +77,14 @@ class FPN(nn.Module):
         )
         for i in range(num_extra if add_extra_convs is not None else 0):
             chs = self.in_channels[-1] if i == 0 and add_extra_convs == "on_input" else out_channels
-            self.fpn_convs.append(ConvModule(chs, out_channels, 3, stride=2, padding=1, act=False))
+            self.fpn_convs.append(
+                ConvModule(chs, out_channels, 3, 2, 1, norm_groups=norm_groups, act=False)
+            )
         for m in self.modules():  # mmdetection: Xavier-uniform weights, zero biases
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
         """Backbone outputs ``C2..C5`` -> ``num_outs`` levels (``P3..P7``, strides 8-128,
