@@ -44,8 +44,12 @@ def _sample(
 ) -> Tensor:
     n, _, heads, dims = value.shape
     q = locations.shape[1]
-    grids = (2 * locations - 1).to(value.dtype)  # [0, 1] -> grid_sample's [-1, 1]
-    weights = weights.to(value.dtype)
+    out_dtype = value.dtype
+    # sampled in float32 at least: bfloat16 locations would be off by up to half a pixel
+    dtype = torch.promote_types(value.dtype, torch.float32)
+    value = value.to(dtype)
+    grids = (2 * locations - 1).to(dtype)  # [0, 1] -> grid_sample's [-1, 1]
+    weights = weights.to(dtype)
     out = None
     start = 0
     for level, (h, w) in enumerate(shapes):
@@ -62,7 +66,8 @@ def _sample(
         out = term if out is None else out + term
     assert out is not None
     # (N*heads, Q, D) -> (N, Q, heads*D)
-    return out.view(n, heads, q, dims).transpose(1, 2).reshape(n, q, heads * dims)
+    out = out.view(n, heads, q, dims).transpose(1, 2).reshape(n, q, heads * dims)
+    return out.to(out_dtype)
 
 
 def multi_scale_deformable_attention(
@@ -84,14 +89,16 @@ def multi_scale_deformable_attention(
             this many bytes, recomputing them in the backward pass; ``None``: one pass.
 
     Returns:
-        ``(N, Q, heads * D)``.
+        ``(N, Q, heads * D)`` in ``value``'s dtype (half and bfloat16 inputs are sampled
+        in float32).
     """
     shapes = _shapes(spatial_shapes)
     n, _, heads, dims = value.shape
     _, q, _, levels, points, _ = sampling_locations.shape
     if sum(h * w for h, w in shapes) != value.shape[1]:
         raise ValueError(f"value has {value.shape[1]} positions, the shapes {shapes} another")
-    per_query = n * heads * dims * levels * points * value.element_size()
+    itemsize = max(value.element_size(), 4)  # sampled in float32 at least
+    per_query = n * heads * dims * levels * points * itemsize
     chunk = q if max_sampled_bytes is None else max(1, max_sampled_bytes // per_query)
     if chunk >= q:
         return _sample(value, shapes, sampling_locations, attention_weights)
