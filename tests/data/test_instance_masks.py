@@ -111,7 +111,11 @@ def test_coco_masks_follow_the_kept_boxes_and_bad_ones_are_refused(tmp_path: Pat
 def test_shapes_masks_match_their_boxes_after_the_training_pipeline(tmp_path: Path) -> None:
     root = write_shapes_dataset(tmp_path, num_train=3, num_val=1, image_size=(40, 56), seed=1)
     train, val = build_coco_datasets(
-        root, "train", "val", scale=(112, 80), with_masks=True  # x2: exact pixel doubling
+        root,
+        "train",
+        "val",
+        scale=(112, 80),
+        with_masks=True,  # x2: exact pixel doubling
     )
     torch.manual_seed(0)
     for index in range(len(train)):
