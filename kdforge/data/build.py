@@ -142,6 +142,8 @@ def build_coco_datasets(
     normalize: str = "pytorch",
     on_bad_sample: str = "error",
     with_masks: bool = False,
+    augment: str = "resize_flip",
+    filter_empty_gt: bool = True,
 ) -> tuple[CocoDetection, CocoDetection]:
     """``(train, val)`` from ``root/annotations/instances_<split>.json`` and ``root/<split>/``.
 
@@ -150,6 +152,8 @@ def build_coco_datasets(
     ``multiscale_mode`` and ``normalize``, and :mod:`kdforge.data.bad_samples` for
     ``on_bad_sample``. ``with_masks`` gives the training items instance ``masks`` (Mask
     R-CNN; mask AP is computed from the validation JSON, so validation items go without).
+    ``augment="detr"`` trains with the DETR family's augmentation (``scale`` stays the
+    validation size); ``filter_empty_gt=False`` keeps training images without boxes (DINO).
     Batch the items with ``collate_detection``.
     """
     root = Path(root).expanduser()
@@ -157,8 +161,8 @@ def build_coco_datasets(
     train = CocoDetection(
         root / train_split,
         ann / f"instances_{train_split}.json",
-        presets.detection_train(scale, train_scales, multiscale_mode, normalize),
-        filter_empty_gt=True,
+        presets.detection_train(scale, train_scales, multiscale_mode, normalize, augment),
+        filter_empty_gt=filter_empty_gt,
         min_size=32,
         on_bad_sample=on_bad_sample,
         with_masks=with_masks,

@@ -16,6 +16,7 @@ from PIL import Image
 from kdforge.data import transforms as T
 from kdforge.data._photometric import PhotoMetricDistortion
 from kdforge.data.autoaugment import TrivialAugmentWide
+from kdforge.data.det_augment import detr_train_augment
 from kdforge.data.det_transforms import (
     CAFFE_MEAN,
     DetCompose,
@@ -136,11 +137,18 @@ def detection_train(
     train_scales: Sequence[Scale] | None = None,
     multiscale_mode: str = "range",
     normalize: str = "pytorch",
+    augment: str = "resize_flip",
 ) -> DetCompose:
     """mmdetection's training pipeline: keep-ratio resize to ``scale`` (or
     ``DetRandomResize(train_scales, multiscale_mode)``, e.g. ``[(1333, 640), (1333, 800)]``),
-    flip with p=0.5, normalise (``"pytorch"`` or ``"caffe"``). ``collate_detection`` pads."""
+    flip with p=0.5, normalise (``"pytorch"`` or ``"caffe"``). ``collate_detection`` pads.
+    ``augment="detr"``: the DETR family's flip + random choice of multi-scale resize or
+    resize-crop-resize (:func:`~kdforge.data.det_augment.detr_train_augment`) instead."""
     normalizer = _detection_normalize(normalize)
+    if augment == "detr":
+        return DetCompose([detr_train_augment(), normalizer])
+    if augment != "resize_flip":
+        raise ConfigError(f"augment must be 'resize_flip' or 'detr', got {augment!r}")
     resize = DetRandomResize(train_scales, multiscale_mode) if train_scales else DetResize(scale)
     return DetCompose([resize, DetRandomFlip(0.5), normalizer])
 

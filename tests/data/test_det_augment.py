@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from kdforge.data.build import build_coco_datasets
 from kdforge.data.det_augment import (
     DETR_SCALES,
     DetRandomChoice,
     DetRandomCrop,
     detr_train_augment,
 )
+from kdforge.data.shapes import write_shapes_dataset
+from kdforge.errors import ConfigError
 
 
 def _target(boxes, labels, height: int, width: int) -> dict:
@@ -92,3 +97,21 @@ def test_detr_augment_output_sizes() -> None:
         assert (out["boxes"][:, 2] <= width).all() and (out["boxes"][:, 3] <= height).all()
         cropped += abs(height / width - 200 / 300) > 0.02  # only the crop changes the ratio
     assert 0 < cropped < 12
+
+
+def test_coco_builder_detr_augment_and_empty_images(tmp_path) -> None:
+    root = write_shapes_dataset(tmp_path, num_train=3, num_val=1, image_size=(64, 96), seed=1)
+    ann_file = root / "annotations/instances_train.json"
+    data = json.loads(ann_file.read_text())
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != 1]
+    ann_file.write_text(json.dumps(data))
+    train, _ = build_coco_datasets(root, "train", "val", augment="detr", filter_empty_gt=False)
+    assert len(train) == 3 and "DetRandomChoice" in repr(train.transform)
+    torch.manual_seed(0)
+    image, target = train[0]
+    assert target["boxes"].shape == (0, 4)
+    assert min(image.shape[-2:]) in {s for s, _ in DETR_SCALES}
+    default, _ = build_coco_datasets(root, "train", "val")
+    assert len(default) == 2 and "DetRandomChoice" not in repr(default.transform)
+    with pytest.raises(ConfigError, match="augment must be"):
+        build_coco_datasets(root, "train", "val", augment="mosaic")
