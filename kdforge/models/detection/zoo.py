@@ -36,6 +36,7 @@ from kdforge.models.detection.atss import ATSSHead
 from kdforge.models.detection.backbone import ResNetBackbone
 from kdforge.models.detection.cascade_rcnn import build_cascade_rcnn
 from kdforge.models.detection.detector import DenseDetector
+from kdforge.models.detection.dino import build_dino
 from kdforge.models.detection.faster_rcnn import build_faster_rcnn
 from kdforge.models.detection.fcos import FCOSHead
 from kdforge.models.detection.fpn import FPN
@@ -177,3 +178,16 @@ _register(
     "cascade_mask_rcnn_x101_64x4d_fpn",
     _cascade_builder("cascade_mask_rcnn_x101_64x4d_fpn", 101, _X64),
 )
+
+
+def _dino_builder(depth: int) -> Callable[..., nn.Module]:
+    def build(num_classes: int = 80, **kwargs) -> nn.Module:
+        return build_dino(depth, num_classes, **kwargs)
+
+    build.__name__ = f"dino_4scale_r{depth}"
+    build.__doc__ = f"DINO-4scale on ResNet-{depth} (mmdetection's dino-4scale_r50_8xb2-12e_coco)."
+    return build
+
+
+for _depth in _DEPTHS:
+    _register(f"dino_4scale_r{_depth}", _dino_builder(_depth))
