@@ -226,3 +226,66 @@ def test_predict_returns_the_head_detections() -> None:
         results = model.predict(model(torch.randn(2, 3, 64, 96)), [(64, 96), (40, 50)])
     assert len(results) == 2 and results[0]["boxes"].shape == (12 * 3, 4)
     assert results[1]["boxes"][:, 0::2].max() <= 50 and results[1]["boxes"][:, 1::2].max() <= 40
+
+
+def _mmdet_dino_keys(num_classes: int = 80, layers: int = 6, branches: int = 7) -> set[str]:
+    """The non-backbone keys of mmdetection's DINO (dino-4scale config), from its modules."""
+    wb = (".weight", ".bias")
+    keys = {"level_embed", "query_embedding.weight", "dn_query_generator.label_embedding.weight"}
+    keys |= {f"memory_trans_{m}{s}" for m in ("fc", "norm") for s in wb}
+    for i in range(3):
+        keys |= {f"neck.convs.{i}.conv.weight"} | {f"neck.convs.{i}.gn{s}" for s in wb}
+    keys |= {"neck.extra_convs.0.conv.weight"} | {f"neck.extra_convs.0.gn{s}" for s in wb}
+    msda = ("sampling_offsets", "attention_weights", "value_proj", "output_proj")
+    ffn = ("ffn.layers.0.0", "ffn.layers.1")
+    for i in range(layers):
+        enc = f"encoder.layers.{i}."
+        keys |= {enc + f"self_attn.{m}{s}" for m in msda for s in wb}
+        keys |= {enc + f"{m}{s}" for m in (*ffn, "norms.0", "norms.1") for s in wb}
+        dec = f"decoder.layers.{i}."
+        keys |= {dec + f"cross_attn.{m}{s}" for m in msda for s in wb}
+        keys |= {dec + f"{m}{s}" for m in (*ffn, "norms.0", "norms.1", "norms.2") for s in wb}
+        keys |= {dec + f"self_attn.attn.in_proj_{p}" for p in ("weight", "bias")}
+        keys |= {dec + f"self_attn.attn.out_proj{s}" for s in wb}
+    keys |= {
+        f"decoder.{m}{s}"
+        for m in ("ref_point_head.layers.0", "ref_point_head.layers.1", "norm")
+        for s in wb
+    }
+    for b in range(branches):
+        keys |= {f"bbox_head.cls_branches.{b}{s}" for s in wb}
+        keys |= {f"bbox_head.reg_branches.{b}.{j}{s}" for j in (0, 2, 4) for s in wb}
+    return keys
+
+
+def _dino_r50_parameters(num_classes: int = 80) -> int:
+    """Parameters of dino-4scale_r50, counted from the config's sizes."""
+    d, ff, heads, levels, points, q = 256, 2048, 8, 4, 4, 900
+    linear = lambda i, o: i * o + o  # noqa: E731
+    resnet50 = 25_557_032 - linear(2048, 1000)  # torchvision's count without the fc
+    neck = d * (512 + 1024 + 2048) + 9 * 2048 * d + 4 * 2 * d  # bias-free convs + 4 GN
+    msda = linear(d, heads * levels * points * 2) + linear(d, heads * levels * points)
+    msda += 2 * linear(d, d)
+    ffn_params = linear(d, ff) + linear(ff, d)
+    encoder = 6 * (msda + ffn_params + 2 * 2 * d)
+    self_attn = 3 * d * d + 3 * d + linear(d, d)
+    decoder = 6 * (self_attn + msda + ffn_params + 3 * 2 * d)
+    decoder += linear(2 * d, d) + linear(d, d) + 2 * d  # ref_point_head and the final norm
+    extras = levels * d + linear(d, d) + 2 * d + q * d + num_classes * d
+    head = 7 * (linear(d, num_classes) + 2 * linear(d, d) + linear(d, 4))
+    return resnet50 + neck + encoder + decoder + extras + head
+
+
+def test_dino_r50_keys_and_size_are_mmdetections() -> None:
+    with torch.device("meta"):
+        model = build_dino(50)
+    keys = set(model.state_dict())
+    own = {k for k in keys if not k.startswith("backbone.")}
+    assert own == _mmdet_dino_keys()
+    assert {"backbone.layer4.2.conv3.weight", "backbone.layer1.0.downsample.1.running_mean"} <= keys
+    assert not any(k.startswith("backbone.fc") for k in keys)
+    assert sum(p.numel() for p in model.parameters()) == _dino_r50_parameters()
+    frozen = {n.split(".")[1] for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4"}  # frozen BNs
+    assert [i["name"] for i in model.feature_info] == ["C3", "C4", "C5", "P3", "P4", "P5", "P6"]
+    assert model.feature_info[3]["module"] == "neck.convs.0"
