@@ -18,12 +18,13 @@ from kdforge.engine.build import build_trainer
 CONFIGS = Path(__file__).resolve().parents[1] / "kdforge" / "recipes"
 # The recipes of the cakd term need its data options: tests/losses/test_cakd.py runs them;
 # COCO detection recipes need COCO-format data: tests/test_detection_recipes.py runs them.
-# Cityscapes segmentation recipes: tests/test_segmentation_recipes.py runs them.
+# Cityscapes segmentation recipes: tests/test_segmentation_recipes.py runs them; Objects365 v2
+# recipes: tests/test_objects365_recipes.py.
 CAKD_TERM_RECIPES = {"vit_b16_resnet50.yaml", "vit_ti16_resnet18.yaml"}
 RECIPES = sorted(
     p
     for p in CONFIGS.rglob("*.yaml")
-    if not {"coco", "cityscapes"} & set(p.parts) and p.name not in CAKD_TERM_RECIPES
+    if not {"coco", "cityscapes", "objects365v2"} & set(p.parts) and p.name not in CAKD_TERM_RECIPES
 )
 CIFAR100 = CONFIGS / "cifar100"
 IMAGENET = CONFIGS / "imagenet"

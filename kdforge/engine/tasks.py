@@ -110,7 +110,8 @@ def _detection_options(data_cfg: DictConfig) -> dict[str, Any]:
 
 
 def _detection_data(data_cfg: DictConfig) -> tuple[Dataset, Dataset]:
-    return _DET_DATA[data_cfg.name](data_cfg.root, **_detection_options(data_cfg))
+    options = _detection_options(data_cfg)  # checks data.name first
+    return _DET_DATA[data_cfg.name](data_cfg.root, **options)
 
 
 _SEG_DATA = {"cityscapes": "cityscapes", "segfolder": "folder"}

@@ -256,8 +256,13 @@ CATALOGUE: tuple[Entry, ...] = (
 )
 
 # Paths a recipe may name that no publisher provides (weights the user trains or converts
-# themselves): path -> what to do instead. Every shipped recipe's path is in CATALOGUE today.
-EXCLUDED: dict[str, str] = {}
+# themselves): path -> what to do instead.
+EXCLUDED: dict[str, str] = {
+    "checkpoints/objects365v2/retinanet_r101_fpn_1x.safetensors": (
+        "neither CanKD nor mmdetection publishes this teacher: train the recipe "
+        "objects365v2/retinanet/retinanet_r101_fpn_1x, then `kdforge export` its run here"
+    ),
+}
 
 
 def get_entries(names: list[str]) -> list[Entry]:
