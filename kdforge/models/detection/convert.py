@@ -61,6 +61,7 @@ MMDET_FLAGS: dict[str, dict[str, str]] = {
     "gfl": {"style": "caffe|pytorch"},
     "faster_rcnn": {"style": "caffe|pytorch"},
     "cascade_mask_rcnn": {"style": "caffe|pytorch"},
+    "dino": {},  # DINO's ResNet: pytorch style with frozen BN, fixed by its configs
 }
 _TWO_STAGE = ("faster_rcnn", "cascade_mask_rcnn")
 _DEFORMABLE = ("dcn", "dconv", "mdconv")  # name tokens of deformable-conv configs
@@ -133,6 +134,25 @@ def _detect_cascade(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
     return name, kwargs
 
 
+def _detect_dino(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
+    """DINO-4scale: classes, queries, width, layer counts and FFN width from the weights."""
+    name = f"dino_4scale_{_backbone_name(state)}"
+    if name not in list_models("detection"):
+        raise CheckpointError(
+            f"no registered DINO detector {name!r} for this checkpoint; registered: "
+            + ", ".join(n for n in list_models("detection") if n.startswith("dino"))
+        )
+    queries = state["query_embedding.weight"]
+    return name, {
+        "num_classes": state["bbox_head.cls_branches.0.weight"].shape[0],
+        "num_queries": queries.shape[0],
+        "embed_dims": queries.shape[1],
+        "num_encoder_layers": _count(state, r"encoder\.layers\.(\d+)\."),
+        "num_decoder_layers": _count(state, r"decoder\.layers\.(\d+)\."),
+        "feedforward_channels": state["encoder.layers.0.ffn.layers.0.0.weight"].shape[0],
+    }
+
+
 def detect_mmdet_model(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
     """The registered name and builder keywords of the detector a state dict describes.
 
@@ -143,6 +163,8 @@ def detect_mmdet_model(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
         return _detect_faster_rcnn(state)
     if "rpn_head.rpn_conv.weight" in state and "roi_head.bbox_head.0.fc_cls.weight" in state:
         return _detect_cascade(state)
+    if "dn_query_generator.label_embedding.weight" in state:
+        return _detect_dino(state)
     kind = next((k for p, k in _HEAD_KINDS.items() if f"bbox_head.{p}.weight" in state), None)
     if kind is None:
         raise CheckpointError(
