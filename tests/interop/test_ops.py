@@ -8,6 +8,7 @@ import torchvision
 
 from kdforge.models.detection import nms as nms_module
 from kdforge.models.detection import roi_align as roi_align_module
+from kdforge.models.detection.deform_conv import deform_conv2d
 from kdforge.models.detection.roi_align import roi_align_plain
 
 
@@ -61,3 +62,29 @@ def test_plain_roi_align_equals_torchvision(aligned, sampling_ratio):
 
 def test_roi_align_uses_torchvision_when_it_imports():
     assert roi_align_module._tv_roi_align is torchvision.ops.roi_align
+
+
+@pytest.mark.parametrize(
+    "groups, deform_groups, stride, dilation",
+    [(1, 1, 1, 1), (1, 2, 1, 1), (2, 1, 1, 1), (2, 2, 2, 1), (1, 2, 1, 2), (2, 1, 2, 2)],
+)
+def test_plain_deform_conv_equals_torchvision(groups, deform_groups, stride, dilation):
+    """Values and gradients of input, offset, weight and bias; offsets of up to a few
+    pixels (plus one column pushed 20 pixels out) take many samples outside the map."""
+    g = torch.Generator().manual_seed(groups + 10 * deform_groups + 100 * stride + dilation)
+    x = torch.randn(2, 8, 11, 13, generator=g)
+    weight = torch.randn(6, 8 // groups, 3, 3, generator=g) / (72 / groups) ** 0.5
+    bias = torch.randn(6, generator=g)
+    out_h, out_w = ((s + 2 - 2 * dilation - 1) // stride + 1 for s in (11, 13))
+    offset = torch.randn(2, 2 * deform_groups * 9, out_h, out_w, generator=g) * 3
+    offset[:, :, :, 0] += 20.0
+    tensors = [t.requires_grad_() for t in (x, offset, weight, bias)]
+    args = (stride, 1, dilation)
+    ours = deform_conv2d(*tensors, *args, groups, deform_groups)
+    reference = torchvision.ops.deform_conv2d(*tensors, *args)
+    assert (ours - reference).abs().max() <= 1e-5
+    upstream = torch.randn(reference.shape, generator=g) / 10
+    grads_ours = torch.autograd.grad((ours * upstream).sum(), tensors)
+    grads_ref = torch.autograd.grad((reference * upstream).sum(), tensors)
+    for mine, theirs in zip(grads_ours, grads_ref, strict=True):
+        assert (mine - theirs).abs().max() <= 1e-5

@@ -7,6 +7,8 @@ does, so torchvision ImageNet checkpoints load here with strict loading.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -53,7 +55,9 @@ class Bottleneck(nn.Module):
     With ``groups > 1`` (ResNeXt, Xie et al., 2017) the inner width is
     ``floor(width * base_width / 64) * groups``, as in mmdetection's and torchvision's
     ResNeXt (e.g. 32x4d: 128 channels in 32 groups in the first stage); ``base_width`` is
-    unused when ``groups == 1``.
+    unused when ``groups == 1``. ``conv2_layer`` builds the 3x3 convolution, called as
+    ``nn.Conv2d`` is (e.g. a deformable one for mmdetection's DCN backbones); its parameter
+    names stay under ``conv2``.
     """
 
     expansion = 4
@@ -66,6 +70,7 @@ class Bottleneck(nn.Module):
         stride_in_1x1: bool = False,
         groups: int = 1,
         base_width: int = 4,
+        conv2_layer: Callable[..., nn.Module] = nn.Conv2d,
     ) -> None:
         super().__init__()
         out_chs = width * self.expansion
@@ -73,7 +78,7 @@ class Bottleneck(nn.Module):
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = nn.Conv2d(in_chs, inner, 1, stride=s1, bias=False)
         self.bn1 = nn.BatchNorm2d(inner)
-        self.conv2 = nn.Conv2d(inner, inner, 3, stride=s3, padding=1, groups=groups, bias=False)
+        self.conv2 = conv2_layer(inner, inner, 3, stride=s3, padding=1, groups=groups, bias=False)
         self.bn2 = nn.BatchNorm2d(inner)
         self.conv3 = nn.Conv2d(inner, out_chs, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_chs)
