@@ -77,6 +77,8 @@ def build_detector(
     add_extra_convs: str | None = None,
     groups: int = 1,
     base_width: int = 4,
+    dcn: dict | None = None,
+    stage_with_dcn: tuple[bool, bool, bool, bool] = (False, False, False, False),
     **head_kwargs,
 ) -> DenseDetector:
     """Build a ResNet-FPN (or ResNeXt-FPN) dense detector with its mmdetection defaults.
@@ -87,6 +89,8 @@ def build_detector(
         num_classes: object classes.
         groups, base_width: ResNeXt cardinality and width per group (``groups=64,
             base_width=4``: 64x4d); ``groups=1`` is a ResNet.
+        dcn, stage_with_dcn: deformable ``conv2`` in the chosen stages (mmdetection's
+            ``dcn=dict(type="DCN", deform_groups=1, fallback_on_stride=False)``).
         style, norm_requires_grad: backbone overrides (defaults per detector, table above).
         frozen_stages, norm_eval: see :class:`ResNetBackbone`.
         backbone_pretrained: a torchvision-keyed ImageNet ResNet/ResNeXt checkpoint.
@@ -107,6 +111,8 @@ def build_detector(
         norm_requires_grad=bn_grad if norm_requires_grad is None else norm_requires_grad,
         groups=groups,
         base_width=base_width,
+        dcn=dcn,
+        stage_with_dcn=stage_with_dcn,
     )
     if backbone_pretrained is not None:
         backbone.load_torchvision(backbone_pretrained)
