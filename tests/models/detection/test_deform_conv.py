@@ -163,22 +163,32 @@ def _resnext_offset_params(widths_blocks, deform_groups=1) -> int:
     return sum(b * (w * deform_groups * 18 * 9 + deform_groups * 18) for w, b in widths_blocks)
 
 
-def test_x101_64x4d_dcn_c3_c5_keys_and_parameter_count() -> None:
-    """RepPoints' X101-64x4d DCN teacher backbone: mmdetection keys and size."""
+@pytest.mark.parametrize(
+    "groups, plain_with_fc, total",
+    [
+        # RepPoints' X101 DCN teacher (reppoints-moment_x101-dconv-c3-c5_fpn-gn_head-gn_2x:
+        # ResNeXt-101 32x4d); timm's resnext101_32x4d: 44,177,704 parameters with its fc
+        (32, 44_177_704, 44_700_508),
+        # ResNeXt-101 64x4d; torchvision documents 83,455,272 parameters with its fc
+        (64, 83_455_272, 86_549_340),
+    ],
+)
+def test_x101_dcn_c3_c5_keys_and_parameter_count(groups, plain_with_fc, total) -> None:
+    """mmdetection's ResNeXt-101 with dcn=DCN, stage_with_dcn=(F, T, T, T): keys and size."""
     with torch.device("meta"):
-        backbone = ResNetBackbone(101, groups=64, base_width=4, dcn=DCN, stage_with_dcn=C3_C5)
+        backbone = ResNetBackbone(101, groups=groups, base_width=4, dcn=DCN, stage_with_dcn=C3_C5)
+    # stage widths floor(64 * 2**i * 4 / 64) * groups for stages 2-4 (i = 1, 2, 3)
+    widths = [64 * 2**i * 4 // 64 * groups for i in (1, 2, 3)]
     state = {k: tuple(v.shape) for k, v in backbone.state_dict().items()}
-    assert state["layer2.0.conv2.weight"] == (512, 8, 3, 3)
-    assert state["layer2.0.conv2.conv_offset.weight"] == (18, 512, 3, 3)
+    assert state["layer2.0.conv2.weight"] == (widths[0], 4 * 2, 3, 3)
+    assert state["layer2.0.conv2.conv_offset.weight"] == (18, widths[0], 3, 3)
     assert state["layer4.2.conv2.conv_offset.bias"] == (18,)
     assert "layer1.0.conv2.conv_offset.weight" not in state
     assert sum(".conv_offset.weight" in k for k in state) == 4 + 23 + 3
-    # torchvision documents 83,455,272 parameters for resnext101_64x4d, its fc included;
-    # stage widths floor(64 * 2**i * 4 / 64) * 64 = 512, 1024, 2048 for stages 2-4
-    plain = 83_455_272 - (2048 * 1000 + 1000)
-    offsets = _resnext_offset_params([(512, 4), (1024, 23), (2048, 3)])
-    assert sum(p.numel() for p in backbone.parameters()) == plain + offsets == 86_549_340
-    assert backbone.arch == "ResNeXt-101 64x4d DCN"
+    plain = plain_with_fc - (2048 * 1000 + 1000)
+    offsets = _resnext_offset_params(zip(widths, (4, 23, 3), strict=True))
+    assert sum(p.numel() for p in backbone.parameters()) == plain + offsets == total
+    assert backbone.arch == f"ResNeXt-101 {groups}x4d DCN"
 
 
 def test_dcn_backbone_keeps_plain_keys_and_starts_as_the_plain_one() -> None:
