@@ -1,5 +1,5 @@
 """Load mmdetection checkpoints of RetinaNet, FCOS, ATSS, GFL, Faster R-CNN and Cascade
-(Mask) R-CNN (ResNet/ResNeXt-FPN) into ours.
+(Mask) R-CNN (ResNet/ResNeXt-FPN; RetinaNet also on Swin-FPN) into ours.
 
 Our parameter names are mmdetection's (``backbone.layer1.0.conv1.weight``,
 ``neck.lateral_convs.0.conv.weight``, ``bbox_head.cls_convs.0.gn.weight``,
@@ -33,6 +33,7 @@ from kdforge.models._convert import (
     unwrap_checkpoint,
 )
 from kdforge.models._registry import list_models
+from kdforge.models.detection.swin import SWIN_ARCHS
 from kdforge.models.factory import build_model
 
 __all__ = [
@@ -77,8 +78,32 @@ def _count(state: dict[str, Tensor], pattern: str) -> int:
     return len({m.group(1) for k in state if (m := re.match(pattern, k))})
 
 
+def _swin_name(state: dict[str, Tensor]) -> str:
+    """``"swin_t"`` ...: the :data:`SWIN_ARCHS` entry whose widths, depths, heads and
+    window (7: a 13x13 bias table) the checkpoint has."""
+    stages = range(_count(state, r"backbone\.stages\.(\d+)\."))
+    tables = [state[f"backbone.stages.{i}.blocks.0.attn.w_msa.relative_position_bias_table"]
+              for i in stages]  # fmt: skip
+    found = {
+        "embed_dims": state["backbone.patch_embed.projection.weight"].shape[0],
+        "depths": tuple(_count(state, rf"backbone\.stages\.{i}\.blocks\.(\d+)\.") for i in stages),
+        "num_heads": tuple(table.shape[1] for table in tables),
+    }
+    table = tables[0]
+    arch = next((a for a, spec in SWIN_ARCHS.items() if spec == found), None)
+    if arch is None or table.shape[0] != 13 * 13:
+        raise CheckpointError(
+            f"unsupported Swin backbone {found}, bias table {tuple(table.shape)}; "
+            f"implemented (window 7): {SWIN_ARCHS}"
+        )
+    return arch
+
+
 def _backbone_name(state: dict[str, Tensor]) -> str:
-    """``"r50"``, ``"x101_64x4d"`` ...: the backbone part of a registered detector name."""
+    """``"r50"``, ``"x101_64x4d"``, ``"swin_t"`` ...: the backbone part of a registered
+    detector name."""
+    if "backbone.patch_embed.projection.weight" in state:
+        return _swin_name(state)
     blocks = _count(state, r"backbone\.layer3\.(\d+)\.")
     bottleneck = "backbone.layer1.0.conv3.weight" in state
     depth = {(2, False): 18, (6, False): 34, (6, True): 50, (23, True): 101}.get(
@@ -227,6 +252,8 @@ def mmdet_name_flags(config_name: str, model_name: str) -> dict[str, Any] | None
         raise CheckpointError(
             f"{config_name}: deformable convolutions ({deformable[0]}) are not implemented"
         )
+    if "swin" in backbone:  # no ResNet style; drop_path_rate (training only) keeps 0.2
+        return {}
     style = "caffe" if "caffe" in tokens else "pytorch"
     flags: dict[str, Any] = {"style": style, "norm_requires_grad": style == "pytorch"}
     if kind == "fcos":
@@ -271,7 +298,8 @@ def convert_mmdet(
     from_name = mmdet_name_flags(config, name) if config else None
     if "style" in overrides and "norm_requires_grad" not in overrides:
         overrides["norm_requires_grad"] = overrides["style"] == "pytorch"
-    flags = MMDET_FLAGS[_kind_of(name)[0]]
+    kind, backbone = _kind_of(name)
+    flags = {} if "swin" in backbone else MMDET_FLAGS[kind]
 
     def refusal(missing: list[str]) -> str:
         given = " ".join(f"{k}={flags[k]}" for k in missing)

@@ -42,8 +42,9 @@ from kdforge.models.detection.fcos import FCOSHead
 from kdforge.models.detection.fpn import FPN
 from kdforge.models.detection.gfl import GFLHead
 from kdforge.models.detection.retinanet import RetinaHead
+from kdforge.models.detection.swin import SWIN_ARCHS, SwinTransformer
 
-__all__ = ["DETECTORS", "build_detector"]
+__all__ = ["DETECTORS", "build_detector", "build_swin_detector"]
 
 # head class, backbone style, BN requires_grad, FPN add_extra_convs, relu_before_extra_convs
 DETECTORS: dict[str, tuple[type[DenseHead], str, bool, str, bool]] = {
@@ -184,6 +185,72 @@ _register(
     "cascade_mask_rcnn_x101_64x4d_fpn",
     _cascade_builder("cascade_mask_rcnn_x101_64x4d_fpn", 101, _X64),
 )
+
+
+def build_swin_detector(
+    kind: str,
+    arch: str = "swin_t",
+    num_classes: int = 80,
+    *,
+    drop_path_rate: float = 0.2,
+    frozen_stages: int = -1,
+    with_cp: bool = False,
+    backbone_pretrained: str | Path | None = None,
+    fpn_channels: int = 256,
+    add_extra_convs: str | None = None,
+    **head_kwargs,
+) -> DenseDetector:
+    """A Swin-FPN dense detector as mmdetection's ``retinanet_swin-t-p4-w7_fpn_1x_coco.py``:
+    stages 1-3 (``norm1..3``, strides 8-32) into an FPN with ``start_level=0``, whose P6
+    and P7 come from extra convs (by default from the last Swin stage for RetinaNet).
+
+    Args:
+        kind: a head kind of :data:`DETECTORS`.
+        arch: ``"swin_t"``, ``"swin_s"`` or ``"swin_b"`` (:data:`SWIN_ARCHS`).
+        drop_path_rate, frozen_stages, with_cp: see :class:`SwinTransformer`.
+        backbone_pretrained: an official ImageNet Swin checkpoint
+            (``swin_tiny_patch4_window7_224.pth``), converted as mmdetection does.
+        fpn_channels, add_extra_convs, **head_kwargs: as :func:`build_detector`.
+    """
+    if kind not in DETECTORS or arch not in SWIN_ARCHS:
+        raise ConfigError(
+            f"unknown Swin detector {kind!r}/{arch!r}; heads: {', '.join(DETECTORS)}; "
+            f"backbones: {', '.join(SWIN_ARCHS)}"
+        )
+    head_cls, _, _, extra_convs, relu_before = DETECTORS[kind]
+    backbone = SwinTransformer(
+        **SWIN_ARCHS[arch],
+        drop_path_rate=drop_path_rate,
+        out_indices=(1, 2, 3),
+        frozen_stages=frozen_stages,
+        with_cp=with_cp,
+    )
+    if backbone_pretrained is not None:
+        backbone.load_official(backbone_pretrained)
+    neck = FPN(
+        [info["num_chs"] for info in backbone.feature_info],
+        fpn_channels,
+        start_level=0,
+        num_outs=5,
+        add_extra_convs=add_extra_convs or extra_convs,
+        relu_before_extra_convs=relu_before,
+    )
+    return DenseDetector(
+        backbone, neck, head_cls(num_classes, in_channels=fpn_channels, **head_kwargs)
+    )
+
+
+def _swin_builder(kind: str, arch: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int = 80, **kwargs) -> DenseDetector:
+        return build_swin_detector(kind, arch, num_classes, **kwargs)
+
+    build.__name__ = f"{kind}_{arch}_fpn"
+    build.__doc__ = f"{DETECTORS[kind][0].__name__} on {arch} FPN (mmdetection defaults)."
+    return build
+
+
+# CrossKD's heterogeneous teacher (retinanet_swin-t-p4-w7_fpn_1x_coco.py)
+_register("retinanet_swin_t_fpn", _swin_builder("retinanet", "swin_t"))
 
 
 def _dino_builder(depth: int) -> Callable[..., nn.Module]:
