@@ -24,6 +24,7 @@ def test_registry_lists_the_detectors() -> None:
         "cascade_mask_rcnn_x101_64x4d_fpn",
     ]  # test_cascade_rcnn.py
     two_stage += [f"dino_4scale_r{d}" for d in (18, 50, 101)]  # test_deformable_transformer.py
+    two_stage += ["retinanet_swin_t_fpn"]  # test_swin.py
     assert list_models("detection") == sorted(NAMES + RESNEXT + two_stage)
     info = get_model_info("gfl_r50_fpn")
     assert info.input_size == (3, 800, 1333) and info.default_num_classes == 80
