@@ -7,7 +7,8 @@
 #      CIFAR-format data) through `kdforge train`, for its images/s;
 #   4. the interop suite against the machine's own torchvision, timm and transformers
 #      (other versions than .venv-interop's; the tracker tests need wandb and mlflow);
-#   5. benchmarks/roi_align.py on CUDA (plain torch against torchvision's kernel).
+#   5. benchmarks/roi_align.py and benchmarks/deform_conv.py on CUDA (plain torch against
+#      torchvision's kernels).
 # Writes what it measures under ${OUT:-/tmp/gpu_check}. Needs kdforge's dependencies
 # importable (omegaconf and pycocotools may have to be installed first).
 set -u
@@ -37,5 +38,7 @@ KDFORGE_INTEROP=1 timeout 90 python3 -m pytest -q -p no:cacheprovider -n 8 tests
 
 timeout 45 python3 benchmarks/roi_align.py --device cuda --repeats 20 --warmup 3 \
   --out "$out/roi_align_cuda.json" 2>&1 | tail -n 12
+timeout 45 python3 benchmarks/deform_conv.py --device cuda --repeats 20 --warmup 3 \
+  --out "$out/deform_conv_cuda.json" 2>&1 | tail -n 16
 
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv | tee "$out/gpu.txt"
