@@ -12,6 +12,13 @@ and ``segmentation.py`` say why), shortened so that all seven runs fit in about
   teacher runs its last conv and predictors on the student's first-conv features as in
   the official stage 3 of 4; KDQFL w 1, box-distribution KL w 4: the GFL recipe); with
   CanKD (FPN levels 0-3, ``weight`` 10, the official detection setting).
+* **two-stage** (``faster_rcnn_r18_fpn`` with a 64-channel FPN and a 256-wide box head,
+  from scratch, 128 sampled RoIs per image instead of 512 (a shapes image holds at most 6
+  objects) and the demo's recipe; 128 training / 32 validation images of 96 px, smaller
+  than the dense case because plain-torch RoIAlign and NMS cost more CPU): a teacher for
+  ``--two-stage-teacher-epochs`` (8), then the student alone and the CanKD student (FPN
+  levels 0-3, ``weight`` 10, the teacher run up to its neck: the official Faster R-CNN
+  recipe's setting) for ``--two-stage-epochs`` (4).
 * **segmentation** (``pspnet_r18`` from scratch; 500 / 100 images of 64 px): a teacher
   for ``--seg-teacher-epochs`` (8), then the student alone and the CanKD student
   (``backbone.layer4`` of both, ``weight`` 10) for ``--seg-epochs`` (4).
@@ -24,6 +31,7 @@ mIoU (%) on the validation images, at the best evaluation and at the end. Usage:
 
     python benchmarks/shapes_kd.py --out /tmp/shapes_kd
     python benchmarks/shapes_kd.py --only segmentation --seed 1
+    python benchmarks/shapes_kd.py --only two-stage --device cuda
 """
 
 from __future__ import annotations
@@ -45,12 +53,20 @@ DET_TERMS = {
     "cankd": f"{{student_layers: {FPN4}, weight: 10.0}}",
 }
 SEG_TERMS = {"cankd": "{student_layers: [backbone.layer4], weight: 10.0}"}
+TWO_STAGE_MODEL, TWO_STAGE_SIZE = "faster_rcnn_r18_fpn", 96
+TWO_STAGE_KWARGS = (
+    "{fpn_channels: 64, fc_out_channels: 256, frozen_stages: -1, norm_eval: false, "
+    "num_samples: 128}"
+)
+TWO_STAGE_TERMS = {"cankd": f"{{student_layers: {FPN4}, weight: 10.0}}"}
 
 
-def _run(name: str, overrides: list[str], out: Path, metric: str, read_curves) -> dict:
-    """Train one run (``out/name``) and summarise its best and final ``metric``."""
+def _run(name: str, overrides: list[str], out: Path, metric: str, read_curves, device: str) -> dict:
+    """Train one run (``out/name``) on ``device`` and summarise its best and final ``metric``."""
     clear_run_dir(out / name)
-    trainer, final, seconds = fit_run([*overrides, f"train.name={name}"], name)
+    trainer, final, seconds = fit_run(
+        [*overrides, f"train.device={device}", f"train.name={name}"], name
+    )
     curves = read_curves(trainer.run_dir)
     best = max(range(len(curves[metric])), key=curves[metric].__getitem__)
     scale = 100.0 if metric == "AP" else 1.0  # COCO AP is a fraction, mIoU a percentage
@@ -68,45 +84,78 @@ def _run(name: str, overrides: list[str], out: Path, metric: str, read_curves) -
     return result
 
 
+def _teacher_and_students(
+    out: Path, make_overrides, terms: dict[str, str], metric: str, read_curves, args, epochs
+) -> list[dict]:
+    """The teacher for ``epochs[0]`` epochs, then for ``epochs[1]`` the student alone and one
+    student per term of ``terms``, all from ``make_overrides(epochs, teacher=None | best.pt)``."""
+    teacher_epochs, student_epochs = epochs
+    results = [
+        _run("teacher", make_overrides(teacher_epochs), out, metric, read_curves, args.device)
+    ]
+    best_teacher = out / "teacher" / "best.pt"
+    for name, term in [("student", None), *terms.items()]:
+        extra = [] if term is None else [f"loss.{name}={term}"]
+        overrides = make_overrides(student_epochs, teacher=best_teacher if term else None)
+        results.append(_run(name, [*overrides, *extra], out, metric, read_curves, args.device))
+    return results
+
+
 def detection(out: Path, args: argparse.Namespace) -> list[dict]:
     """Teacher, student alone, CrossKD student and CanKD student on the detection shapes."""
     root = write_shapes_dataset(out / "shapes", 256, 64, (128, 128), seed=args.seed)
-    teacher = _run(
-        "teacher",
-        detection_demo_overrides(root, out, args.det_teacher_epochs, args.seed),
-        out,
-        "AP",
-        read_detection_curves,
+
+    def overrides(epochs: int, teacher: Path | None = None) -> list[str]:
+        kd = {"teacher": teacher} if teacher else {}
+        return detection_demo_overrides(root, out, epochs, args.seed, **kd)
+
+    epochs = (args.det_teacher_epochs, args.det_epochs)
+    return _teacher_and_students(
+        out, overrides, DET_TERMS, "AP", read_detection_curves, args, epochs
     )
-    results = [teacher]
-    best_teacher = out / "teacher" / "best.pt"
-    for name, term in [("student", None), *DET_TERMS.items()]:
-        extra = [] if term is None else [f"loss.{name}={term}"]
-        kd = {"teacher": best_teacher} if term else {}
-        overrides = detection_demo_overrides(root, out, args.det_epochs, args.seed, **kd)
-        results.append(_run(name, [*overrides, *extra], out, "AP", read_detection_curves))
-    return results
+
+
+def two_stage(out: Path, args: argparse.Namespace) -> list[dict]:
+    """Faster R-CNN teacher, student alone and CanKD student on smaller detection shapes."""
+    sizes = (TWO_STAGE_SIZE, TWO_STAGE_SIZE)
+    root = write_shapes_dataset(out / "shapes", 128, 32, sizes, seed=args.seed)
+
+    def overrides(epochs: int, teacher: Path | None = None) -> list[str]:
+        kd = {"teacher": teacher} if teacher else {}
+        demo = detection_demo_overrides(
+            root, out, epochs, args.seed, model=TWO_STAGE_MODEL, image_size=sizes[0], **kd
+        )
+        kwargs = ("student.kwargs=", "teacher.kwargs=")  # the demo's are the GFL's
+        demo = [
+            f"{o.split('=')[0]}={TWO_STAGE_KWARGS}" if o.startswith(kwargs) else o for o in demo
+        ]
+        return demo + (["teacher.truncate=true"] if teacher else [])
+
+    epochs = (args.two_stage_teacher_epochs, args.two_stage_epochs)
+    return _teacher_and_students(
+        out, overrides, TWO_STAGE_TERMS, "AP", read_detection_curves, args, epochs
+    )
 
 
 def segmentation(out: Path, args: argparse.Namespace) -> list[dict]:
     """Teacher, student alone and CanKD student on the segmentation shapes."""
     root = write_shapes_dataset(out / "shapes", 500, 100, (64, 64), seed=args.seed)
-    results = [
-        _run(
-            "teacher",
-            segmentation_demo_overrides(root, out, args.seg_teacher_epochs, args.seed),
-            out,
-            "mIoU",
-            read_segmentation_curves,
-        )
-    ]
-    best_teacher = out / "teacher" / "best.pt"
-    for name, term in [("student", None), *SEG_TERMS.items()]:
-        extra = [] if term is None else [f"loss.{name}={term}"]
-        kd = {"teacher": best_teacher} if term else {}
-        overrides = segmentation_demo_overrides(root, out, args.seg_epochs, args.seed, **kd)
-        results.append(_run(name, [*overrides, *extra], out, "mIoU", read_segmentation_curves))
-    return results
+
+    def overrides(epochs: int, teacher: Path | None = None) -> list[str]:
+        kd = {"teacher": teacher} if teacher else {}
+        return segmentation_demo_overrides(root, out, epochs, args.seed, **kd)
+
+    epochs = (args.seg_teacher_epochs, args.seg_epochs)
+    return _teacher_and_students(
+        out, overrides, SEG_TERMS, "mIoU", read_segmentation_curves, args, epochs
+    )
+
+
+TASKS = {  # --only's choices; each writes out/<task>/
+    "detection": (detection, "AP"),
+    "two-stage": (two_stage, "AP"),
+    "segmentation": (segmentation, "mIoU"),
+}
 
 
 def format_table(task: str, metric: str, results: list[dict]) -> str:
@@ -132,18 +181,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/shapes_kd"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", choices=("detection", "segmentation"))
+    parser.add_argument("--only", choices=tuple(TASKS))
     parser.add_argument("--det-teacher-epochs", type=int, default=12)
     parser.add_argument("--det-epochs", type=int, default=6)
+    parser.add_argument("--two-stage-teacher-epochs", type=int, default=8)
+    parser.add_argument("--two-stage-epochs", type=int, default=4)
     parser.add_argument("--seg-teacher-epochs", type=int, default=8)
     parser.add_argument("--seg-epochs", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="train.device of every run (cuda)")
     args = parser.parse_args()
 
-    tasks = {"detection": (detection, "AP"), "segmentation": (segmentation, "mIoU")}
     summary = {}
     with cpu_threads(args.threads):
-        for task, (run_task, metric) in tasks.items():
+        for task, (run_task, metric) in TASKS.items():
             if args.only in (None, task):
                 summary[task] = run_task(args.out / task, args)
                 print("\n" + format_table(task, metric, summary[task]) + "\n", flush=True)
