@@ -63,6 +63,7 @@ MMDET_FLAGS: dict[str, dict[str, str]] = {
     "faster_rcnn": {"style": "caffe|pytorch"},
     "cascade_mask_rcnn": {"style": "caffe|pytorch"},
     "dino": {},  # DINO's ResNet: pytorch style with frozen BN, fixed by its configs
+    "reppoints": {"style": "caffe|pytorch"},
 }
 _TWO_STAGE = ("faster_rcnn", "cascade_mask_rcnn")
 _DEFORMABLE = ("dcn", "dconv", "mdconv")  # name tokens of deformable-conv configs
@@ -159,6 +160,27 @@ def _detect_cascade(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
     return name, kwargs
 
 
+def _detect_reppoints(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
+    """RepPoints moment with GN in the FPN and head; DCN from ``layer2``'s ``conv_offset``."""
+    dcn = "_dcn" if "backbone.layer2.0.conv2.conv_offset.weight" in state else ""
+    name = f"reppoints_moment_{_backbone_name(state)}{dcn}_fpn_gn"
+    if name not in list_models("detection") or "neck.lateral_convs.0.gn.weight" not in state:
+        raise CheckpointError(
+            f"no registered RepPoints detector for this checkpoint ({name}, FPN GroupNorm "
+            f"{'neck.lateral_convs.0.gn.weight' in state}); registered: "
+            + ", ".join(n for n in list_models("detection") if n.startswith("reppoints"))
+        )
+    head = "bbox_head.reppoints"
+    return name, {
+        "num_classes": state[f"{head}_cls_out.weight"].shape[0],
+        "fpn_channels": state["neck.lateral_convs.0.conv.weight"].shape[0],
+        "feat_channels": state["bbox_head.cls_convs.0.conv.weight"].shape[0],
+        "point_feat_channels": state[f"{head}_cls_out.weight"].shape[1],
+        "stacked_convs": _count(state, r"bbox_head\.cls_convs\.(\d+)\."),
+        "num_points": state[f"{head}_pts_init_out.weight"].shape[0] // 2,
+    }
+
+
 def _detect_dino(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
     """DINO-4scale: classes, queries, width, layer counts and FFN width from the weights."""
     name = f"dino_4scale_{_backbone_name(state)}"
@@ -188,6 +210,8 @@ def detect_mmdet_model(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
         return _detect_faster_rcnn(state)
     if "rpn_head.rpn_conv.weight" in state and "roi_head.bbox_head.0.fc_cls.weight" in state:
         return _detect_cascade(state)
+    if "bbox_head.reppoints_cls_out.weight" in state:
+        return _detect_reppoints(state)
     if "dn_query_generator.label_embedding.weight" in state:
         return _detect_dino(state)
     kind = next((k for p, k in _HEAD_KINDS.items() if f"bbox_head.{p}.weight" in state), None)
@@ -221,6 +245,18 @@ def detect_mmdet_model(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
     return name, kwargs
 
 
+def _reppoints_tokens(config_name: str, tokens: list[str]) -> list[str]:
+    """RepPoints name tokens in our names' terms (``dconv`` -> ``dcn``; ``x101`` is 32x4d,
+    mmdetection's only RepPoints ResNeXt); variants other than moment + GN are refused."""
+    if "moment" not in tokens or "gn" not in tokens:
+        raise CheckpointError(
+            f"{config_name}: only RepPoints moment with GroupNorm in the FPN and head "
+            "(reppoints-moment_*_fpn-gn_head-gn) is implemented"
+        )
+    tokens = ["dcn" if t == "dconv" else t for t in tokens]
+    return tokens + (["32x4d"] if "x101" in tokens else [])
+
+
 def mmdet_name_flags(config_name: str, model_name: str) -> dict[str, Any] | None:
     """The keywords of registered detector ``model_name`` that an mmdetection config or
     checkpoint name sets beyond the weights; ``None`` if ``config_name`` is not one.
@@ -242,13 +278,15 @@ def mmdet_name_flags(config_name: str, model_name: str) -> dict[str, Any] | None
         tokens = ["cascade_mask_rcnn", *tokens[2:]]
     if not tokens or tokens[0] not in MMDET_FLAGS or "fpn" not in tokens:
         return None
+    if tokens[0] == "reppoints":
+        tokens = _reppoints_tokens(config_name, tokens)
     kind, backbone = _kind_of(model_name)  # "fcos", ["r50"] or ["x101", "64x4d"]
     if tokens[0] != kind or not set(backbone) <= set(tokens):
         raise CheckpointError(
             f"{config_name} names a {tokens[0]} config, but the weights are a "
             f"{'_'.join([kind, *backbone])}; check the file, or pass --config with its config"
         )
-    if deformable := sorted(set(tokens) & set(_DEFORMABLE)):
+    if (deformable := sorted(set(tokens) & set(_DEFORMABLE))) and "dcn" not in backbone:
         raise CheckpointError(
             f"{config_name}: deformable convolutions ({deformable[0]}) are not implemented"
         )

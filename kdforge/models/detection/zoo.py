@@ -41,6 +41,7 @@ from kdforge.models.detection.faster_rcnn import build_faster_rcnn
 from kdforge.models.detection.fcos import FCOSHead
 from kdforge.models.detection.fpn import FPN
 from kdforge.models.detection.gfl import GFLHead
+from kdforge.models.detection.reppoints import RepPointsHead
 from kdforge.models.detection.retinanet import RetinaHead
 from kdforge.models.detection.swin import SWIN_ARCHS, SwinTransformer
 
@@ -52,6 +53,7 @@ DETECTORS: dict[str, tuple[type[DenseHead], str, bool, str, bool]] = {
     "fcos": (FCOSHead, "caffe", False, "on_output", True),
     "atss": (ATSSHead, "pytorch", True, "on_output", False),
     "gfl": (GFLHead, "pytorch", True, "on_output", False),
+    "reppoints": (RepPointsHead, "pytorch", True, "on_input", False),
 }
 _DEPTHS = (18, 50, 101)
 # name -> (head kind, backbone keywords), as mmdetection's ResNeXt-101 configs
@@ -75,6 +77,7 @@ def build_detector(
     norm_requires_grad: bool | None = None,
     backbone_pretrained: str | Path | None = None,
     fpn_channels: int = 256,
+    fpn_norm_groups: int | None = None,
     add_extra_convs: str | None = None,
     groups: int = 1,
     base_width: int = 4,
@@ -96,6 +99,7 @@ def build_detector(
         frozen_stages, norm_eval: see :class:`ResNetBackbone`.
         backbone_pretrained: a torchvision-keyed ImageNet ResNet/ResNeXt checkpoint.
         fpn_channels: FPN output channels (the head's input channels).
+        fpn_norm_groups: GroupNorm groups in the FPN (RepPoints' ``fpn-gn``: 32), or None.
         add_extra_convs: what P6 is computed from, overriding the detector's default
             (``"on_input"``, ``"on_lateral"`` or ``"on_output"``; table above).
         **head_kwargs: keyword arguments of the head class (e.g. ``feat_channels``,
@@ -124,6 +128,7 @@ def build_detector(
         num_outs=5,
         add_extra_convs=add_extra_convs or extra_convs,
         relu_before_extra_convs=relu_before,
+        norm_groups=fpn_norm_groups,
     )
     head = head_cls(num_classes, in_channels=fpn_channels, **head_kwargs)
     return DenseDetector(backbone, neck, head)
@@ -149,7 +154,7 @@ def _register(name: str, build: Callable[..., nn.Module]) -> None:
     register_model(name, input_size=(3, 800, 1333), family="detection", num_classes=80)(build)
 
 
-for _kind in DETECTORS:
+for _kind in ("retinanet", "fcos", "atss", "gfl"):
     for _depth in _DEPTHS:
         _register(f"{_kind}_r{_depth}_fpn", _builder(f"{_kind}_r{_depth}_fpn", _kind, _depth))
 for _name, (_kind, _backbone) in _RESNEXT.items():
@@ -184,6 +189,20 @@ _register("cascade_mask_rcnn_r18_fpn", _cascade_builder("cascade_mask_rcnn_r18_f
 _register(
     "cascade_mask_rcnn_x101_64x4d_fpn",
     _cascade_builder("cascade_mask_rcnn_x101_64x4d_fpn", 101, _X64),
+)
+
+# RepPoints moment with GN in the FPN and the head (reppoints-moment_r*_fpn-gn_head-gn)
+_GN = {"fpn_norm_groups": 32}
+for _depth in _DEPTHS:
+    _name = f"reppoints_moment_r{_depth}_fpn_gn"
+    _register(_name, _builder(_name, "reppoints", _depth, _GN))
+# CanKD's teacher: reppoints-moment_x101-dconv-c3-c5_fpn-gn_head-gn_2x_coco (ResNeXt 32x4d)
+_DCN = {"dcn": {"type": "DCN", "deform_groups": 1, "fallback_on_stride": False}}
+_X101_DCN = {**_GN, "groups": 32, "base_width": 4, **_DCN}
+_X101_DCN["stage_with_dcn"] = (False, True, True, True)
+_register(
+    "reppoints_moment_x101_32x4d_dcn_fpn_gn",
+    _builder("reppoints_moment_x101_32x4d_dcn_fpn_gn", "reppoints", 101, _X101_DCN),
 )
 
 

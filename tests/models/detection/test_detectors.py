@@ -25,7 +25,9 @@ def test_registry_lists_the_detectors() -> None:
     ]  # test_cascade_rcnn.py
     two_stage += [f"dino_4scale_r{d}" for d in (18, 50, 101)]  # test_deformable_transformer.py
     two_stage += ["retinanet_swin_t_fpn"]  # test_swin.py
-    assert list_models("detection") == sorted(NAMES + RESNEXT + two_stage)
+    reppoints = [f"reppoints_moment_r{d}_fpn_gn" for d in (18, 50, 101)]  # test_reppoints.py
+    reppoints.append("reppoints_moment_x101_32x4d_dcn_fpn_gn")
+    assert list_models("detection") == sorted(NAMES + RESNEXT + two_stage + reppoints)
     info = get_model_info("gfl_r50_fpn")
     assert info.input_size == (3, 800, 1333) and info.default_num_classes == 80
 
@@ -124,7 +126,8 @@ def test_fpn_extra_conv_sources() -> None:
     p6 = on_input.fpn_convs[3](c[3])
     torch.testing.assert_close(on_input(c)[3], p6)
     for kind, (_, _, _, extra, relu) in DETECTORS.items():
-        neck = create_model(f"{kind}_r18_fpn", num_classes=3, **SMALL).neck
+        name = "reppoints_moment_r18_fpn_gn" if kind == "reppoints" else f"{kind}_r18_fpn"
+        neck = create_model(name, num_classes=3, **SMALL).neck
         assert (neck.add_extra_convs, neck.relu_before_extra_convs) == (extra, relu)
     # CrossKD's RetinaNet students read P6 from P5 (add_extra_convs="on_output")
     model = create_model("retinanet_r18_fpn", num_classes=3, add_extra_convs="on_output", **SMALL)
