@@ -33,6 +33,7 @@ DAGGER_CASCADE = {
     "init_strict": False,
 }
 CASCADE = ("cascade_mask_rcnn_x101_64x4d_fpn", "cascade_mask_rcnn_x101_64x4d_fpn_20e")
+REPPOINTS = ("reppoints_moment_x101_32x4d_dcn_fpn_gn", "reppoints_moment_x101_32x4d_dcn_fpn_gn_2x")
 MGD_FPN = {
     "student_layers": [*FPN4, "neck.fpn_convs.4"],
     "weight": 2e-5,
@@ -108,6 +109,16 @@ DETECTION = {
     "pkd_faster-rcnn_r101_faster-rcnn_r50_fpn_2x.yaml": (  # mmrazor's PKDLoss(loss_weight=6)
         "faster_rcnn_r101_fpn", "faster_rcnn_r101_fpn_2x", "faster_rcnn_r50_fpn",
         {"pkd": {"student_layers": FPN4, "weight": 6.0}}, "box AP 40.3",
+    ),
+    "cankd_reppoints_x101-dcn_reppoints_r50_fpn_2x.yaml": (
+        *REPPOINTS, "reppoints_moment_r50_fpn_gn", {"cankd": DET_CANKD}, "box AP 42.4",
+    ),
+    "cankd-dagger_reppoints_x101-dcn_reppoints_r50_fpn_2x.yaml": (
+        *REPPOINTS, "reppoints_moment_r50_fpn_gn", {"cankd": DAGGER}, "box AP 42.6",
+    ),
+    "pkd_reppoints_x101-dcn_reppoints_r50_fpn_2x.yaml": (  # mmrazor: PKDLoss(loss_weight=10)
+        *REPPOINTS, "reppoints_moment_r50_fpn_gn",
+        {"pkd": {"student_layers": FPN4, "weight": 10.0}}, "box AP 42.3",
     ),
 }  # fmt: skip
 P101, D101 = "pspnet_r101-d8_4xb2-80k_512x1024", "deeplabv3_r101-d8_4xb2-80k_512x1024"

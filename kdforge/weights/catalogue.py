@@ -112,6 +112,15 @@ CATALOGUE: tuple[Entry, ...] = (
     _tv("resnet50", "resnet50-19c8e357.pth"),
     _tv("resnet101", "resnet101-5d3b4d8f.pth"),
     Entry(
+        "swin_tiny_patch4_window7_224",
+        "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/"
+        "swin_tiny_patch4_window7_224.pth",
+        "none",
+        ("download_ckpts/imagenet/swin_tiny_patch4_window7_224.pth",),
+        "backbone of retinanet_swin_t_fpn",
+        "mmdetection configs/swin/retinanet_swin-t-p4-w7_fpn_1x_coco.py (official release)",
+    ),
+    Entry(
         "vit_b_16",
         _TV + "vit_b_16-c867db91.pth",
         "none",
@@ -143,6 +152,14 @@ CATALOGUE: tuple[Entry, ...] = (
         ("download_ckpts/imagenet/resnet101_caffe-3ad79236.pth",),
         "backbone of *_r101_fpn (style=caffe)",
         "mmcv model_zoo/open_mmlab.json: open-mmlab://detectron/resnet101_caffe",
+    ),
+    Entry(
+        "resnext101_32x4d",
+        _MMCV + "resnext101_32x4d-a5af3160.pth",
+        "none",
+        ("download_ckpts/imagenet/resnext101_32x4d-a5af3160.pth",),
+        "backbone of reppoints_moment_x101_32x4d_dcn_fpn_gn",
+        "mmcv model_zoo/open_mmlab.json: open-mmlab://resnext101_32x4d",
     ),
     Entry(
         "resnet18_v1c",
@@ -189,6 +206,13 @@ CATALOGUE: tuple[Entry, ...] = (
         "retinanet_x101_64x4d_fpn_1x_coco_20200130-366f5af1.pth",
         "retinanet_x101_64x4d_fpn",
         "checkpoints/coco/retinanet_x101_64x4d_fpn_1x.safetensors",
+    ),
+    _mmdet(
+        "reppoints-moment_x101-dconv-c3-c5_fpn-gn_head-gn_2x_coco",
+        "reppoints/reppoints_moment_x101_fpn_dconv_c3-c5_gn-neck%2Bhead_2x_coco/"
+        "reppoints_moment_x101_fpn_dconv_c3-c5_gn-neck%2Bhead_2x_coco_20200329-f87da1ea.pth",
+        "reppoints_moment_x101_32x4d_dcn_fpn_gn",
+        "checkpoints/coco/reppoints_moment_x101_32x4d_dcn_fpn_gn_2x.safetensors",
     ),
     _mmdet(
         "fcos_r101-caffe_fpn_gn-head_ms-640-800-2x_coco",
@@ -258,6 +282,10 @@ CATALOGUE: tuple[Entry, ...] = (
 # Paths a recipe may name that no publisher provides (weights the user trains or converts
 # themselves): path -> what to do instead.
 EXCLUDED: dict[str, str] = {
+    "checkpoints/coco/retinanet_swin-t-p4-w7_fpn_1x_coco.safetensors": (
+        "CrossKD's Swin-T teacher is on Google Drive (CrossKD README), which gives no stable "
+        "file URL: download it by hand, then `kdforge convert mmdet <its .pth>` to this path"
+    ),
     "checkpoints/objects365v2/retinanet_r101_fpn_1x.safetensors": (
         "neither CanKD nor mmdetection publishes this teacher: train the recipe "
         "objects365v2/retinanet/retinanet_r101_fpn_1x, then `kdforge export` its run here"
