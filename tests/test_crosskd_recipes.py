@@ -92,6 +92,7 @@ BASELINES = {
 
 def test_every_crosskd_recipe_is_shipped() -> None:
     shipped = {str(p.relative_to(COCO)) for p in COCO.glob("crosskd*/*.yaml")}
+    shipped = {name for name in shipped if "swin" not in name}  # tests/test_swin_recipes.py
     assert shipped == set(RECIPES)
 
 
