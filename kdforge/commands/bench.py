@@ -84,6 +84,8 @@ GROUPS = {
     "coco-two-stage": Group(
         "faster_rcnn_r50_fpn", "faster_rcnn_r18_fpn", (256, 256), 2, 80, "detection"
     ),
+    # CrossKD's heterogeneous row: a transformer teacher, a CNN student
+    "coco-swin": Group("retinanet_swin_t_fpn", "retinanet_r50_fpn", (256, 256), 2, 80, "detection"),
 }
 
 KD: Terms = {"ce": {"weight": 0.1}, "kd": {"weight": 0.9}}
@@ -122,6 +124,9 @@ CASES = [
         {"detection": {}, "cankd": {"student_layers": FPN}},
         {"truncate_teacher": True},
     ),
+    Case("coco-swin", "student"),
+    Case("coco-swin", "teacher forward"),
+    Case("coco-swin", "CrossKD", {"detection": {}, "crosskd": {"stage": 3}}),
 ]
 
 

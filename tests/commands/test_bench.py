@@ -16,6 +16,7 @@ SMALL = {  # the groups' models on the smallest inputs they accept
     "imagenet": {"batch_size": 1},
     "coco": {"batch_size": 1, "image_size": (128, 128)},
     "coco-two-stage": {"batch_size": 1, "image_size": (128, 128)},
+    "coco-swin": {"batch_size": 1, "image_size": (128, 128)},
 }
 
 
