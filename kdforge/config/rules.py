@@ -103,6 +103,10 @@ RULES: dict[str, Rule] = {
     "optim.norm_weight_decay": _number(0, null=True),
     "optim.bias_lr_mult": _number(0),  # 0 freezes the biases
     "optim.bias_weight_decay": _number(0, null=True),
+    "optim.lr_mults": Rule(
+        "a mapping of parameter-name parts to numbers >= 0 (e.g. {backbone: 0.1})",
+        lambda v: isinstance(v, dict) and all(_number(0).accepts(x) for x in v.values()),
+    ),
     "optim.base_batch_size": _number(1, null=True),
     "optim.clip_grad_norm": _number(0, above=True, null=True),
     "schedule.name": _one_of("multistep", "cosine", "poly", "constant"),

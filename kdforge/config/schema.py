@@ -81,6 +81,8 @@ class OptimConfig:
     norm_weight_decay: float | None = None  # weight decay of norm layers; None = weight_decay
     bias_lr_mult: float = 1.0  # lr multiplier of (non-norm) biases (mmdet FCOS: 2)
     bias_weight_decay: float | None = None  # weight decay of biases; None = weight_decay
+    # lr multipliers by parameter-name part (mmengine custom_keys lr_mult; DETR {backbone: 0.1})
+    lr_mults: dict[str, float] = field(default_factory=dict)
     base_batch_size: int | None = None  # set: lr is for this global batch, scaled linearly
     clip_grad_norm: float | None = None  # max global grad norm; None = no clipping
 

@@ -240,6 +240,7 @@ def build_optimizer(
         optim.bias_lr_mult,
         optim.bias_weight_decay,
         exclude=aux_ids,
+        lr_mults=dict(optim.lr_mults),
     )
     optimizer = make_optimizer(groups, *options)
     schedule = OmegaConf.to_container(cfg.schedule, resolve=True)

@@ -4,7 +4,7 @@ cosine, poly; warm-up by step or by epoch)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -31,6 +31,7 @@ def parameter_groups(
     exclude: Iterable[int] = (),
     *,
     dwconv_weight_decay: float | None = None,
+    lr_mults: Mapping[str, float] | None = None,
 ) -> list[dict]:
     """The trainable parameters of ``model`` as optimizer groups, by mmengine's rules.
 
@@ -44,18 +45,24 @@ def parameter_groups(
       ``norm_weight_decay`` is None) gets ``bias_weight_decay``; a depthwise convolution's
       weight (``Conv2d`` with ``groups == in_channels``) gets ``dwconv_weight_decay``.
 
+    * ``lr_mults`` (mmengine's ``custom_keys`` with ``lr_mult``): a parameter whose full
+      name contains a key (the longest first, then alphabetical) gets ``lr * lr_mults[key]``
+      and the optimizer's weight decay, instead of the two rules above (DETR's
+      ``{"backbone": 0.1}``).
+
     A setting left at None (``bias_lr_mult`` at 1) changes nothing. So mmdetection's FCOS
     (``bias_lr_mult=2, bias_decay_mult=0``, no ``norm_decay_mult``) trains the head's
     GroupNorm biases at lr x1 without decay and its conv biases at lr x2 without decay.
-    Not modelled: ``custom_keys``, ``flat_decay_mult`` and the DCN offset rules (kdforge has
-    no deformable convolution). Parameters whose ``id`` is in ``exclude`` are left out
-    (they have an optimizer of their own); a parameter shared by several modules joins
-    one group. Groups hold the parameters with equal settings, in order of first
-    appearance; a group's missing ``lr``/``weight_decay`` is the optimizer's.
+    Not modelled: ``custom_keys``' ``decay_mult``, ``flat_decay_mult`` and the DCN offset
+    rules (kdforge has no deformable convolution). Parameters whose ``id`` is in
+    ``exclude`` are left out (they have an optimizer of their own); a parameter shared by
+    several modules joins one group. Groups hold the parameters with equal settings, in
+    order of first appearance; a group's missing ``lr``/``weight_decay`` is the optimizer's.
     """
     skip = set(exclude)
+    keys = sorted(sorted(lr_mults or {}), key=len, reverse=True)
     groups: dict[tuple[float | None, float | None], dict] = {}
-    for module in model.modules():
+    for prefix, module in model.named_modules():
         is_norm = isinstance(module, _NORM_LAYERS)
         is_dwconv = isinstance(module, nn.Conv2d) and module.in_channels == module.groups
         for name, p in module.named_parameters(recurse=False):
@@ -65,7 +72,10 @@ def parameter_groups(
             is_bias = name == "bias"
             group_lr = lr * bias_lr_mult if is_bias and not is_norm and bias_lr_mult != 1 else None
             decay = None
-            if is_norm and norm_weight_decay is not None:
+            key = next((k for k in keys if k in f"{prefix}.{name}"), None)
+            if key is not None:
+                group_lr = lr * lr_mults[key]
+            elif is_norm and norm_weight_decay is not None:
                 decay = norm_weight_decay
             elif is_bias and bias_weight_decay is not None:
                 decay = bias_weight_decay

@@ -256,3 +256,23 @@ def test_cakd_recipes_warm_up_student_and_discriminator_per_epoch():
             for lr, aux_lr in seen[epoch * 3 : epoch * 3 + 3]:
                 assert lr == pytest.approx(0.1 * factor)
                 assert aux_lr == pytest.approx(0.001 * factor)
+
+
+def test_lr_mults_by_name_part_as_mmengine_custom_keys():
+    # mmengine custom_keys: the longest key contained in the name wins, then alphabetical;
+    # a matched parameter keeps the optimizer's decay and skips bias_lr_mult
+    model = torch.nn.ModuleDict(
+        {
+            "backbone": torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2)),
+            "backbone_neck": torch.nn.Linear(2, 2),
+            "head": torch.nn.Linear(2, 2),
+        }
+    )
+    mults = {"backbone": 0.1, "backbone_neck": 0.5}
+    got = _settings(parameter_groups(model, 1.0, 0.0, 2.0, lr_mults=mults), model)
+    assert got == {
+        "backbone.0.weight": (0.1, None), "backbone.0.bias": (0.1, None),
+        "backbone.1.weight": (0.1, None), "backbone.1.bias": (0.1, None),
+        "backbone_neck.weight": (0.5, None), "backbone_neck.bias": (0.5, None),
+        "head.weight": (None, None), "head.bias": (2.0, None),
+    }  # fmt: skip
