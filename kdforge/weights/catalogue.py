@@ -162,6 +162,14 @@ CATALOGUE: tuple[Entry, ...] = (
         "mmcv model_zoo/open_mmlab.json: open-mmlab://resnext101_32x4d",
     ),
     Entry(
+        "resnext101_64x4d",
+        _MMCV + "resnext101_64x4d-ee2c6f71.pth",
+        "none",
+        ("download_ckpts/imagenet/resnext101_64x4d-ee2c6f71.pth",),
+        "backbone of cascade_mask_rcnn_x101_64x4d_fpn",
+        "mmcv model_zoo/open_mmlab.json: open-mmlab://resnext101_64x4d",
+    ),
+    Entry(
         "resnet18_v1c",
         _MMCV + "resnet18_v1c-b5776b93.pth",
         "none",
