@@ -62,6 +62,8 @@ def test_point_assigner_by_hand() -> None:
     inds = point_assign(points, strides, boxes[:1], scale=4, pos_num=2)
     assert sorted(inds.nonzero().squeeze(1).tolist()) == [10, 14]  # (16, 16) and (16, 24)
     assert point_assign(points, strides, boxes[:0]).eq(0).all()
+    # a tie keeps the earlier box (mmdetection: strictly closer to take a point over)
+    assert point_assign(points, strides, boxes[[0, 0]]).tolist() == [0] * 10 + [1] + [0] * 9
 
 
 def _head(**kwargs) -> RepPointsHead:
@@ -76,16 +78,54 @@ def _outputs(head: RepPointsHead, n: int = 1) -> dict[str, list[torch.Tensor]]:
     return head(feats)
 
 
+def _grid_points(half_y: float, half_x: float) -> torch.Tensor:
+    """(18,) (y, x) offsets of a 3x3 grid whose moment box has these half-sides (strides)."""
+    ys, xs = (torch.tensor([-h, 0.0, h]) / math.sqrt(0.75) for h in (half_y, half_x))
+    return torch.stack((ys.repeat_interleave(3), xs.repeat(3)), 1).reshape(18)
+
+
 def test_init_loss_by_hand() -> None:
     head = _head()
     outputs = {k: [t.detach().requires_grad_() for t in v] for k, v in _outputs(head).items()}
     for t in outputs["pts_init"]:
-        t.data.zero_()  # every init point set collapses onto its location
-    box = torch.tensor([[8.0, 8.0, 40.0, 40.0]])  # 32 x 32 -> level 3, centre (24, 24)
+        t.data.zero_()
+    # at (24, 24): half-sides 0.5 (y) and 2 (x) strides -> init box (8, 20, 40, 28)
+    outputs["pts_init"][0].data[0, :, 3, 3] = _grid_points(0.5, 2.0)
+    box = torch.tensor([[8.0, 12.0, 40.0, 36.0]])  # 32 x 24 -> level 3, centre (24, 24)
     losses = head.loss(outputs, [{"boxes": box, "labels": torch.tensor([1])}], (64, 64))
-    # one positive (24, 24): init box (24, 24, 24, 24), each side 16 px off, / (4 * 8) = 0.5;
-    # smooth L1 (beta 0.11): 0.5 - 0.055 per side, 4 sides, / 1 positive, weight 0.5
-    assert losses["loss_pts_init"].item() == pytest.approx(0.5 * 4 * (0.5 - 0.055), rel=1e-5)
+    # one positive, (24, 24): x sides exact, y sides 8 px off, / (4 * 8) = 0.25; smooth L1
+    # (beta 0.11): 0.25 - 0.055 for each y side, / 1 positive, weight 0.5
+    assert losses["loss_pts_init"].item() == pytest.approx(0.5 * 2 * (0.25 - 0.055), rel=1e-5)
+
+
+def test_refine_stage_ignores_proposals_between_the_iou_thresholds() -> None:
+    head = _head()
+    outputs = {k: [t.detach().requires_grad_() for t in v] for k, v in _outputs(head).items()}
+    for t in outputs["pts_init"]:
+        t.data.zero_()  # degenerate proposals: IoU 0, background
+    outputs["pts_init"][0].data[0, :, 3, 3] = _grid_points(2.0, 2.0)  # (24, 24) +- 16 px: the box
+    outputs["pts_init"][0].data[0, :, 3, 2] = _grid_points(
+        2.75, 2.75
+    )  # (16, 24) +- 22 px: IoU 0.48
+    box = torch.tensor([[8.0, 8.0, 40.0, 40.0]])
+    loss = head.loss(outputs, [{"boxes": box, "labels": torch.tensor([1])}], (64, 64))["loss_cls"]
+    (grad,) = torch.autograd.grad(loss, outputs["cls"][0])
+    assert grad[0, :, 3, 2].abs().sum() == 0  # 0.4 <= IoU < 0.5: ignored, no loss
+    assert grad[0, 1, 3, 3] < 0 and grad[0, :, 0, 0].abs().sum() > 0  # positive, background
+
+
+def test_regular_grid_points_make_plain_convolutions() -> None:
+    head = _head()
+    torch.nn.init.zeros_(head.reppoints_pts_init_out.weight)
+    with torch.no_grad():  # every init point set on the deformable kernel's own 3x3 grid
+        head.reppoints_pts_init_out.bias.copy_(head.dcn_base_offset.reshape(18))
+    cls_feat, reg_feat = torch.randn(2, 1, 32, 6, 5).unbind(0)
+    out = head.predict_level(0, cls_feat, reg_feat)
+    plain = torch.nn.functional.conv2d(cls_feat, head.reppoints_cls_conv.weight, padding=1)
+    torch.testing.assert_close(out["cls"], head.reppoints_cls_out(plain.relu()))
+    plain = torch.nn.functional.conv2d(reg_feat, head.reppoints_pts_refine_conv.weight, padding=1)
+    expected = head.reppoints_pts_refine_out(plain.relu()) + out["pts_init"]
+    torch.testing.assert_close(out["reg"], expected)
 
 
 def test_each_loss_responds_to_its_own_output() -> None:
@@ -150,6 +190,9 @@ def test_head_keys_are_mmdetections() -> None:
         if bias:
             expected[f"{name}.bias"] = (out,)
     assert {k: tuple(v.shape) for k, v in head.state_dict().items()} == expected
+    # mmdetection's dcn_base_offset: (y, x) of the 3x3 kernel positions, row by row
+    grid = [[y, x] for y in (-1.0, 0.0, 1.0) for x in (-1.0, 0.0, 1.0)]
+    assert head.dcn_base_offset.reshape(9, 2).tolist() == grid
     cfg = head.test_cfg
     assert (cfg.score_thr, cfg.nms_pre, cfg.iou_threshold, cfg.max_per_img) == (
         0.05,
