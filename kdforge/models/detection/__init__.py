@@ -3,7 +3,8 @@ Faster R-CNN and Cascade (Mask) R-CNN.
 
 Importing this package registers ``{retinanet,fcos,atss,gfl}_r{18,50,101}_fpn``,
 ``retinanet_x101_{32x4d,64x4d}_fpn``, ``fcos_x101_64x4d_fpn`` and
-``faster_rcnn_r{18,50,101}_fpn``, ``cascade_mask_rcnn_{r18,x101_64x4d}_fpn`` under the
+``faster_rcnn_r{18,50,101}_fpn``, ``cascade_mask_rcnn_{r18,x101_64x4d}_fpn``,
+``reppoints_moment_r{18,50,101}_fpn_gn``, ``reppoints_moment_x101_32x4d_dcn_fpn_gn`` under the
 ``"detection"`` family. Parameter names are mmdetection's, so its checkpoints load
 through :func:`convert_mmdet`.
 """
@@ -24,6 +25,7 @@ from kdforge.models.detection.fcos import FCOSHead
 from kdforge.models.detection.fpn import FPN
 from kdforge.models.detection.gfl import GFLHead
 from kdforge.models.detection.mask_head import FCNMaskHead
+from kdforge.models.detection.reppoints import RepPointsHead
 from kdforge.models.detection.retinanet import RetinaHead
 from kdforge.models.detection.roi_head import StandardRoIHead
 from kdforge.models.detection.rpn_head import RPNHead
@@ -41,6 +43,7 @@ __all__ = [
     "FCOSHead",
     "GFLHead",
     "RPNHead",
+    "RepPointsHead",
     "ResNetBackbone",
     "RetinaHead",
     "Scale",
