@@ -251,3 +251,18 @@ def test_reppoints_r18_overfits_three_shapes_images(tmp_path: Path) -> None:
             if history[-1][1] > 0.9:
                 return
     pytest.fail(f"COCO AP (step, AP) {history} never above 0.9; last losses {losses}")
+
+
+def test_bfloat16_autocast_keeps_losses_and_boxes_in_float32() -> None:
+    head = _head()
+    feats = [torch.randn(1, 32, 64 // s, 64 // s) for s in STRIDES[:3]]
+    feats += [torch.randn(1, 32, 2, 2), torch.randn(1, 32, 1, 1)]
+    target = {"boxes": torch.tensor([[4.0, 6.0, 40.0, 30.0]]), "labels": torch.tensor([2])}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = head(feats)
+        losses = head.loss(outputs, [target], (64, 64))
+    assert outputs["cls"][0].dtype == torch.bfloat16
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    head.test_cfg = type(head.test_cfg)(score_thr=0.0)
+    boxes = head.predict(outputs, [(64, 64)])[0]["boxes"]
+    assert boxes.dtype == torch.float32 and boxes.shape[0] > 0
