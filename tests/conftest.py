@@ -47,3 +47,28 @@ def tiny_overrides(cifar10_root, tmp_path) -> list[str]:
         "train.name=run",
         "train.log_every=1",
     ]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory):
+    """A 1-layer, 32-wide BERT saved as bert-base-uncased's folder is (config, WordPiece
+    tokenizer, weights), its vocabulary the shapes class names: Grounding DINO's text side
+    without a download."""
+    transformers = pytest.importorskip("transformers")
+    from kdforge.data.shapes import SHAPE_CLASSES
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "?", *SHAPE_CLASSES]
+    tokenizer = transformers.BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
+    tokenizer.save_pretrained(folder)
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    transformers.BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    return folder

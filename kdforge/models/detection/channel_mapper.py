@@ -28,6 +28,8 @@ class ChannelMapper(nn.Module):
         kernel_size: kernel of the per-stage convs (1 in DINO).
         num_groups: GroupNorm groups; ``None`` for no norm (the convs then have biases).
         num_outs: output levels (``len(in_channels)`` when None).
+        bias: force the conv biases on (Grounding DINO's ``bias=True``) or off; None is
+            mmcv's ``"auto"``.
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class ChannelMapper(nn.Module):
         kernel_size: int = 1,
         num_groups: int | None = 32,
         num_outs: int | None = None,
+        bias: bool | None = None,
     ) -> None:
         super().__init__()
         num_outs = len(in_channels) if num_outs is None else num_outs
@@ -45,7 +48,15 @@ class ChannelMapper(nn.Module):
         self.in_channels, self.out_channels = list(in_channels), out_channels
         pad = (kernel_size - 1) // 2
         self.convs = nn.ModuleList(
-            ConvModule(c, out_channels, kernel_size, padding=pad, norm_groups=num_groups, act=False)
+            ConvModule(
+                c,
+                out_channels,
+                kernel_size,
+                padding=pad,
+                norm_groups=num_groups,
+                act=False,
+                bias=bias,
+            )
             for c in in_channels
         )
         extra = range(len(in_channels), num_outs)
@@ -58,6 +69,7 @@ class ChannelMapper(nn.Module):
                 padding=1,
                 norm_groups=num_groups,
                 act=False,
+                bias=bias,
             )
             for i in extra
         )

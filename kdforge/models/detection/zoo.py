@@ -41,6 +41,7 @@ from kdforge.models.detection.faster_rcnn import build_faster_rcnn
 from kdforge.models.detection.fcos import FCOSHead
 from kdforge.models.detection.fpn import FPN
 from kdforge.models.detection.gfl import GFLHead
+from kdforge.models.detection.grounding_dino import build_grounding_dino
 from kdforge.models.detection.reppoints import RepPointsHead
 from kdforge.models.detection.retinanet import RetinaHead
 from kdforge.models.detection.swin import SWIN_ARCHS, SwinTransformer
@@ -283,3 +284,19 @@ def _dino_builder(depth: int) -> Callable[..., nn.Module]:
 
 for _depth in _DEPTHS:
     _register(f"dino_4scale_r{_depth}", _dino_builder(_depth))
+
+
+def _grounding_dino_builder(depth: int) -> Callable[..., nn.Module]:
+    def build(num_classes: int = 80, **kwargs) -> nn.Module:
+        return build_grounding_dino(depth, num_classes, **kwargs)
+
+    build.__name__ = f"grounding_dino_r{depth}"
+    build.__doc__ = (
+        f"Grounding DINO on ResNet-{depth} (mmdetection's "
+        "grounding_dino_r50_scratch_8xb2_1x_coco); needs class_names and text_folder."
+    )
+    return build
+
+
+for _depth in _DEPTHS:
+    _register(f"grounding_dino_r{_depth}", _grounding_dino_builder(_depth))

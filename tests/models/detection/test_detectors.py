@@ -25,6 +25,7 @@ def test_registry_lists_the_detectors() -> None:
     ]  # test_cascade_rcnn.py
     two_stage += [f"dino_4scale_r{d}" for d in (18, 50, 101)]  # test_deformable_transformer.py
     two_stage += ["retinanet_swin_t_fpn"]  # test_swin.py
+    two_stage += [f"grounding_dino_r{d}" for d in (18, 50, 101)]  # test_grounding_dino.py
     reppoints = [f"reppoints_moment_r{d}_fpn_gn" for d in (18, 50, 101)]  # test_reppoints.py
     reppoints.append("reppoints_moment_x101_32x4d_dcn_fpn_gn")
     assert list_models("detection") == sorted(NAMES + RESNEXT + two_stage + reppoints)
