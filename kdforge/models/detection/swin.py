@@ -153,6 +153,15 @@ class SwinStage(nn.Module):
         )
         self.downsample = PatchMerging(dims, patch_norm) if downsample else None
 
+    def forward(self, x: Tensor, hw: tuple[int, int]) -> tuple[Tensor, Tensor, tuple[int, int]]:
+        """``(B, H*W, C)`` tokens -> the stage's output tokens, then the merged tokens and
+        their ``(h, w)`` (for the last stage: the output again and ``hw``)."""
+        for block in self.blocks:
+            x = block(x, hw)
+        if self.downsample is None:
+            return x, x, hw
+        return x, *self.downsample(x, hw)
+
 
 class OutputNorm(nn.LayerNorm):
     """LayerNorm of a stage's ``(B, H, W, C)`` map returned as ``(B, C, H, W)``: the module
@@ -265,12 +274,10 @@ class SwinTransformer(nn.Module):
         x = self.drop_after_pos(x)
         outs = []
         for i, stage in enumerate(self.stages):
-            for block in stage.blocks:
-                x = block(x, hw)
+            out, x, next_hw = stage(x, hw)
             if i in self.out_indices:
-                outs.append(getattr(self, f"norm{i}")(x.view(x.shape[0], *hw, x.shape[-1])))
-            if stage.downsample is not None:
-                x, hw = stage.downsample(x, hw)
+                outs.append(getattr(self, f"norm{i}")(out.view(out.shape[0], *hw, out.shape[-1])))
+            hw = next_hw
         return tuple(outs)
 
     def load_official(self, path_or_state: str | Path | dict[str, Tensor]) -> SwinTransformer:
