@@ -42,6 +42,7 @@ LEVELS = ["neck.convs.0", "neck.convs.1", "neck.convs.2"]
 
 def test_every_dino_recipe_is_checked():
     shipped = {str(p.relative_to(COCO)) for p in COCO.rglob("*.yaml") if "dino" in p.name}
+    shipped = {p for p in shipped if "grounding" not in p and "ggdino" not in p}  # their own
     assert shipped == set(RECIPES)
 
 
