@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +31,7 @@ from kdforge.models.detection.deform_conv import deform_conv2d
 from kdforge.models.detection.det_losses import sigmoid_focal_loss, smooth_l1_loss
 from kdforge.models.detection.postprocess import PostprocessConfig
 
-__all__ = ["RepPointsHead", "moment_points_to_box"]
+__all__ = ["RepPointsHead", "RepPointsTargets", "moment_points_to_box"]
 
 
 def moment_points_to_box(
@@ -49,15 +50,39 @@ def moment_points_to_box(
     pts = points.unflatten(-1, (-1, 2))  # (M, K, 2)
     ys, xs = (pts[..., 0], pts[..., 1]) if y_first else (pts[..., 1], pts[..., 0])
     transfer = moment_transfer * moment_mul + moment_transfer.detach() * (1 - moment_mul)
-    half_w = xs.std(dim=1) * transfer[0].exp()
-    half_h = ys.std(dim=1) * transfer[1].exp()
     cx, cy = xs.mean(dim=1), ys.mean(dim=1)
+    # unbiased std written out: torch.std warns on zero rows (no positives)
+    dof = xs.shape[1] - 1
+    half_w = ((xs - cx[:, None]).square().sum(1) / dof).sqrt() * transfer[0].exp()
+    half_h = ((ys - cy[:, None]).square().sum(1) / dof).sqrt() * transfer[1].exp()
     return torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=1)
 
 
 def _yx_to_xy(points: Tensor) -> Tensor:
     """``(..., 2K)`` rows ``(y1, x1, ...)`` -> ``(x1, y1, ...)``."""
     return points.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+
+
+@dataclass
+class RepPointsTargets:
+    """Training targets of a batch, points of all levels concatenated (``P`` of them).
+
+    Attributes:
+        labels: ``(N, P)`` refine-stage classes, ``num_classes`` for background and ignored.
+        label_weights: ``(N, P)`` 1 for refine positives and negatives, else 0.
+        gt_init, gt_refine: ``(N, P, 4)`` the box assigned to each positive of the stage.
+        pos_init, pos_refine: ``(N, P)`` positive masks.
+        avg_init, avg_refine: ``sum_i max(#positives_i, 1)`` of each stage.
+    """
+
+    labels: Tensor
+    label_weights: Tensor
+    gt_init: Tensor
+    pos_init: Tensor
+    gt_refine: Tensor
+    pos_refine: Tensor
+    avg_init: int
+    avg_refine: int
 
 
 class _DeformConv(nn.Module):
@@ -181,8 +206,6 @@ class RepPointsHead(DenseHead):
     def _decode(
         self, level: int, priors: Tensor, reg: Tensor, max_shape: tuple[int, int]
     ) -> Tensor:
-        if reg.shape[0] == 0:  # no candidate above the score threshold on this level
-            return reg.new_zeros((0, 4), dtype=torch.float32)
         boxes = self.points_to_box(reg.float()) * self.strides[level] + priors.repeat(1, 2)
         return torch.stack(
             (
@@ -194,37 +217,36 @@ class RepPointsHead(DenseHead):
             dim=1,
         )
 
-    def loss(
+    def assign(
         self,
-        outputs: dict[str, list[Tensor]],
+        points: Tensor,
+        stride: Tensor,
+        proposals: Tensor,
+        featmap_sizes: list[tuple[int, int]],
         targets: Sequence[dict[str, Tensor]],
         image_size: tuple[int, int] | Sequence[tuple[int, int]],
-    ) -> dict[str, Tensor]:
-        """``{"loss_cls", "loss_pts_init", "loss_pts_refine"}`` as mmdetection's
-        ``RepPointsHead.loss_by_feat`` (PseudoSampler; valid points from each image's
-        padded size; no averaging over processes)."""
-        cls_outs = outputs["cls"]
-        device, n, k2 = cls_outs[0].device, len(targets), 2 * self.num_points
-        featmap_sizes = [tuple(o.shape[-2:]) for o in cls_outs]
-        points_per_level = self._priors(featmap_sizes, device, torch.float32)
-        counts = torch.tensor([p.shape[0] for p in points_per_level], device=device)
-        points = torch.cat(points_per_level)  # (P, 2)
-        stride = torch.repeat_interleave(points.new_tensor(self.strides), counts)  # (P,)
-        pts_init = flatten_levels(outputs["pts_init"], k2).float()  # (N, P, 2K) (y, x)
-        pts_refine = flatten_levels(outputs["reg"], k2).float()
-        # absolute (x, y) points, and the init boxes as refine-stage proposals
-        s, centers = stride[:, None], points.repeat(1, self.num_points)
-        init_boxes = self.points_to_box((_yx_to_xy(pts_init) * s + centers).flatten(0, 1), False)
-        refine_boxes = self.points_to_box(
-            (_yx_to_xy(pts_refine) * s + centers).flatten(0, 1), False
+    ) -> RepPointsTargets:
+        """Both stages' targets of a batch (mmdetection ``get_targets``, PseudoSampler).
+
+        Only points on each image's own padded area take part. Init stage: ``point_assign``
+        on the locations; refine stage: ``max_iou_assign`` on ``proposals``, the init boxes.
+
+        Args:
+            points: ``(P, 2)`` locations; ``stride``: ``(P,)`` their strides.
+            proposals: ``(N, P, 4)`` init boxes (detached) of each image.
+            featmap_sizes, targets, image_size: as :meth:`loss`.
+        """
+        n, num_points, device = proposals.shape[0], points.shape[0], points.device
+        t = RepPointsTargets(
+            labels=torch.full((n, num_points), self.num_classes, device=device),
+            label_weights=points.new_zeros(n, num_points),
+            gt_init=points.new_zeros(n, num_points, 4),
+            pos_init=torch.zeros(n, num_points, dtype=torch.bool, device=device),
+            gt_refine=points.new_zeros(n, num_points, 4),
+            pos_refine=torch.zeros(n, num_points, dtype=torch.bool, device=device),
+            avg_init=0,
+            avg_refine=0,
         )
-        proposals = self.points_to_box(pts_init.detach().flatten(0, 1)).unflatten(0, (n, -1))
-        proposals = proposals * s + points.repeat(1, 2)
-        labels = torch.full((n, points.shape[0]), self.num_classes, device=device)
-        label_weights = torch.zeros(n, points.shape[0], device=device)
-        gt_init, gt_refine = torch.zeros(2, n, points.shape[0], 4, device=device)
-        pos_init, pos_refine = torch.zeros(2, n, points.shape[0], dtype=torch.bool, device=device)
-        avg_init = avg_refine = 0
         sizes = image_sizes_of(image_size, n)
         for i, (target, size) in enumerate(zip(targets, sizes, strict=True)):
             valid = valid_flags(featmap_sizes, self.strides, size, 1, device).nonzero().squeeze(1)
@@ -234,41 +256,65 @@ class RepPointsHead(DenseHead):
                 points[valid], stride[valid], boxes, self.point_base_scale, self.point_pos_num
             )
             pos = valid[inds > 0]
-            pos_init[i, pos], gt_init[i, pos] = True, boxes[inds[inds > 0] - 1]
-            avg_init += max(pos.numel(), 1)
+            t.pos_init[i, pos], t.gt_init[i, pos] = True, boxes[inds[inds > 0] - 1]
+            t.avg_init += max(pos.numel(), 1)
             inds = max_iou_assign(proposals[i, valid], boxes, **self.iou_cfg)
             pos = valid[inds > 0]
-            pos_refine[i, pos], gt_refine[i, pos] = True, boxes[inds[inds > 0] - 1]
-            labels[i, pos] = classes[inds[inds > 0] - 1]
-            label_weights[i, valid[inds >= 0]] = 1.0
-            avg_refine += max(pos.numel(), 1)
-        norm = (self.point_base_scale * stride).repeat(n)[:, None]  # (N * P, 1)
+            t.pos_refine[i, pos], t.gt_refine[i, pos] = True, boxes[inds[inds > 0] - 1]
+            t.labels[i, pos] = classes[inds[inds > 0] - 1]
+            t.label_weights[i, valid[inds >= 0]] = 1.0  # positives and negatives
+            t.avg_refine += max(pos.numel(), 1)
+        return t
+
+    def loss(
+        self,
+        outputs: dict[str, list[Tensor]],
+        targets: Sequence[dict[str, Tensor]],
+        image_size: tuple[int, int] | Sequence[tuple[int, int]],
+    ) -> dict[str, Tensor]:
+        """``{"loss_cls", "loss_pts_init", "loss_pts_refine"}`` as mmdetection's
+        ``RepPointsHead.loss_by_feat`` (no averaging over processes)."""
+        cls_outs = outputs["cls"]
+        n, k2 = len(targets), 2 * self.num_points
+        featmap_sizes = [tuple(o.shape[-2:]) for o in cls_outs]
+        points_per_level = self._priors(featmap_sizes, cls_outs[0].device, torch.float32)
+        counts = torch.tensor([p.shape[0] for p in points_per_level], device=cls_outs[0].device)
+        points = torch.cat(points_per_level)  # (P, 2)
+        stride = torch.repeat_interleave(points.new_tensor(self.strides), counts)  # (P,)
+        pts_init = flatten_levels(outputs["pts_init"], k2).float()  # (N, P, 2K) (y, x)
+        proposals = self.points_to_box(pts_init.detach().flatten(0, 1)).unflatten(0, (n, -1))
+        t = self.assign(
+            points,
+            stride,
+            proposals * stride[:, None] + points.repeat(1, 2),
+            featmap_sizes,
+            targets,
+            image_size,
+        )
         loss_cls = sigmoid_focal_loss(
             flatten_levels(cls_outs, self.num_classes).reshape(-1, self.num_classes),
-            labels.reshape(-1),
-            label_weights.reshape(-1),
+            t.labels.reshape(-1),
+            t.label_weights.reshape(-1),
             self.focal_gamma,
             self.focal_alpha,
-            avg_factor=avg_refine,
+            avg_factor=t.avg_refine,
         )
-        losses = {"loss_cls": self.loss_cls_weight * loss_cls}
-        for stage, pred, gt, pos, avg, weight in (
-            ("init", init_boxes, gt_init, pos_init, avg_init, self.loss_bbox_init_weight),
-            (
-                "refine",
-                refine_boxes,
-                gt_refine,
-                pos_refine,
-                avg_refine,
-                self.loss_bbox_refine_weight,
-            ),
-        ):
-            pos = pos.reshape(-1)
-            loss = smooth_l1_loss(
-                pred[pos] / norm[pos],
-                gt.reshape(-1, 4)[pos] / norm[pos],
-                self.loss_bbox_beta,
-                avg_factor=avg,
+        norm = (self.point_base_scale * stride)[:, None]  # (P, 1)
+
+        def box_loss(pts: Tensor, gt: Tensor, pos: Tensor, avg: int) -> Tensor:
+            # (N, P, 2K) (y, x) offsets in strides -> absolute (x, y) points -> boxes
+            xy = _yx_to_xy(pts) * stride[:, None] + points.repeat(1, self.num_points)
+            boxes = self.points_to_box(xy[pos], y_first=False)
+            scale = norm.expand(n, -1, -1)[pos]
+            return smooth_l1_loss(
+                boxes / scale, gt[pos] / scale, self.loss_bbox_beta, avg_factor=avg
             )
-            losses[f"loss_pts_{stage}"] = weight * loss
-        return losses
+
+        pts_refine = flatten_levels(outputs["reg"], k2).float()
+        return {
+            "loss_cls": self.loss_cls_weight * loss_cls,
+            "loss_pts_init": self.loss_bbox_init_weight
+            * box_loss(pts_init, t.gt_init, t.pos_init, t.avg_init),
+            "loss_pts_refine": self.loss_bbox_refine_weight
+            * box_loss(pts_refine, t.gt_refine, t.pos_refine, t.avg_refine),
+        }
