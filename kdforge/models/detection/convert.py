@@ -1,5 +1,6 @@
 """Load mmdetection checkpoints of RetinaNet, FCOS, ATSS, GFL, Faster R-CNN and Cascade
-(Mask) R-CNN (ResNet/ResNeXt-FPN; RetinaNet also on Swin-FPN) into ours.
+(Mask) R-CNN (ResNet/ResNeXt-FPN; RetinaNet also on Swin-FPN), DINO and Grounding DINO into
+ours (Grounding DINO also needs ``text_folder`` and ``class_names``, which no weight holds).
 
 Our parameter names are mmdetection's (``backbone.layer1.0.conv1.weight``,
 ``neck.lateral_convs.0.conv.weight``, ``bbox_head.cls_convs.0.gn.weight``,
@@ -33,6 +34,12 @@ from kdforge.models._convert import (
     unwrap_checkpoint,
 )
 from kdforge.models._registry import list_models
+from kdforge.models.detection._grounding_convert import (
+    BERT_PREFIX,
+    GROUNDING_FLAGS,
+    drop_unkept_bert_keys,
+    grounding_dino_kwargs,
+)
 from kdforge.models.detection.swin import SWIN_ARCHS
 from kdforge.models.factory import build_model
 
@@ -64,6 +71,7 @@ MMDET_FLAGS: dict[str, dict[str, str]] = {
     "cascade_mask_rcnn": {"style": "caffe|pytorch"},
     "dino": {},  # DINO's ResNet: pytorch style with frozen BN, fixed by its configs
     "reppoints": {"style": "caffe|pytorch"},
+    "grounding_dino": GROUNDING_FLAGS,
 }
 _TWO_STAGE = ("faster_rcnn", "cascade_mask_rcnn")
 _DEFORMABLE = ("dcn", "dconv", "mdconv")  # name tokens of deformable-conv configs
@@ -122,7 +130,8 @@ def _backbone_name(state: dict[str, Tensor]) -> str:
 
 def _kind_of(name: str) -> tuple[str, list[str]]:
     """``"faster_rcnn_x101_64x4d_fpn"`` -> ``("faster_rcnn", ["x101", "64x4d"])``."""
-    kind = next((k for k in _TWO_STAGE if name.startswith(f"{k}_")), name.split("_")[0])
+    kinds = (*_TWO_STAGE, "grounding_dino")
+    kind = next((k for k in kinds if name.startswith(f"{k}_")), name.split("_")[0])
     return kind, name.removeprefix(f"{kind}_").split("_")[:-1]
 
 
@@ -212,6 +221,8 @@ def detect_mmdet_model(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
         return _detect_cascade(state)
     if "bbox_head.reppoints_cls_out.weight" in state:
         return _detect_reppoints(state)
+    if f"{BERT_PREFIX}embeddings.word_embeddings.weight" in state:
+        return grounding_dino_kwargs(state, _backbone_name(state))
     if "dn_query_generator.label_embedding.weight" in state:
         return _detect_dino(state)
     kind = next((k for p, k in _HEAD_KINDS.items() if f"bbox_head.{p}.weight" in state), None)
@@ -328,7 +339,7 @@ def convert_mmdet(
         CheckpointError: a flag of :data:`MMDET_FLAGS` that neither the name nor
             ``overrides`` gives (the message names them), or a checkpoint that does not fit.
     """
-    state = unwrap_checkpoint(path_or_state, rename=_rename)
+    state = drop_unkept_bert_keys(unwrap_checkpoint(path_or_state, rename=_rename))
     detected_name, detected = detect_mmdet_model(state)
     name = model or detected_name
     if config is None and not isinstance(path_or_state, dict):
@@ -371,5 +382,5 @@ def convert_mmdet_checkpoint(
         CheckpointError: listing the checkpoint keys that match nothing, the model keys
             left without a value and the shape mismatches.
     """
-    state = unwrap_checkpoint(path_or_state, rename=_rename)
+    state = drop_unkept_bert_keys(unwrap_checkpoint(path_or_state, rename=_rename))
     return match_state_dict(state, model, "mmdetection", _OPTIONAL)
