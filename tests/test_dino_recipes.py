@@ -55,6 +55,7 @@ def test_recipe_settings(name: str):
     assert cfg.task == "detection" and cfg.data.name == "coco" and cfg.data.batch_size == 2
     options = OmegaConf.to_container(cfg.data.options)
     assert options["augment"] == "detr" and options["filter_empty_gt"] is False
+    assert options["size_divisor"] == 1  # mmdetection's pad_size_divisor
     assert options["scale"] == [1333, 800]  # mmdetection's test Resize
     assert cfg.student.name == student and cfg.teacher.name == teacher
     depth = student.removeprefix("dino_4scale_r")

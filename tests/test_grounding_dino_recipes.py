@@ -58,6 +58,7 @@ def test_recipe_settings(name: str):
     assert cfg.task == "detection" and cfg.data.name == "coco" and cfg.data.batch_size == 2
     options = OmegaConf.to_container(cfg.data.options)
     assert options["augment"] == "detr" and options["filter_empty_gt"] is False
+    assert options["size_divisor"] == 1  # mmdetection's pad_size_divisor
     assert options["scale"] == [1333, 800]
     assert cfg.student.name == student and cfg.teacher.name == teacher
     kwargs = cfg.student.kwargs

@@ -219,22 +219,32 @@ def collate_detection(
     """Stack ``(image, target)`` items into ``(images (N, 3, H, W), [target, ...])``.
 
     Images are padded at the bottom and right with ``pad_value`` to the largest height and
-    width in the batch, rounded up to a multiple of ``size_divisor``; the targets' ``masks``
-    likewise with 0 (in new target dicts; the items' are not changed).
+    width in the batch, rounded up to a multiple of ``size_divisor`` (mmdetection's
+    ``pad_size_divisor``: 32 for most detectors, 1 for the DETR family); the targets'
+    ``masks`` likewise with 0. New target dicts (the items' are not changed) carry
+    ``pad_shape``: the image's own ``(H, W)`` rounded up to ``size_divisor``, as mmdetection's
+    data preprocessor records it (the region whose priors the dense heads may assign).
     """
-    height = math.ceil(max(img.shape[-2] for img, _ in batch) / size_divisor) * size_divisor
-    width = math.ceil(max(img.shape[-1] for img, _ in batch) / size_divisor) * size_divisor
+    height = _round_up(max(img.shape[-2] for img, _ in batch), size_divisor)
+    width = _round_up(max(img.shape[-1] for img, _ in batch), size_divisor)
     images = torch.stack(
         [
             F.pad(img, (0, width - img.shape[-1], 0, height - img.shape[-2]), value=pad_value)
             for img, _ in batch
         ]
     )
-    targets = [
-        dict(t, masks=_pad_masks(t["masks"], height, width)) if "masks" in t else t
-        for _, t in batch
-    ]
+    targets = []
+    for img, target in batch:
+        pad_shape = (_round_up(img.shape[-2], size_divisor), _round_up(img.shape[-1], size_divisor))
+        target = dict(target, pad_shape=pad_shape)
+        if "masks" in target:
+            target["masks"] = _pad_masks(target["masks"], height, width)
+        targets.append(target)
     return images, targets
+
+
+def _round_up(size: int, divisor: int) -> int:
+    return math.ceil(size / divisor) * divisor
 
 
 def rescale_boxes(boxes: torch.Tensor, target: Target) -> torch.Tensor:

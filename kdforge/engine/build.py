@@ -117,7 +117,7 @@ def build_data(
     mixup = data_cfg.mixup_alpha
     if mixup > 0 and task.collate is not None:
         raise ConfigError("data.mixup_alpha applies to classification only; set it to 0")
-    collate = MixupCollate(train_set.num_classes, mixup) if mixup > 0 else task.collate
+    collate = MixupCollate(train_set.num_classes, mixup) if mixup else task.collate_for(data_cfg)
     drop_last = drop_last_needed(len(train_sampler), data_cfg.batch_size)  # no batch of 1
     batching: dict[str, Any] = {
         "batch_size": data_cfg.batch_size,
@@ -143,7 +143,7 @@ def build_data(
         batch_size=data_cfg.eval_batch_size or data_cfg.batch_size,
         sampler=ShardSampler(val_set, dist.rank, dist.world_size),
         num_workers=data_cfg.num_workers,
-        collate_fn=task.collate,
+        collate_fn=task.collate_for(data_cfg),
         pin_memory=pin,
     )
     return train, val, train_set.num_classes

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -98,12 +99,14 @@ _DET_DATA = {"coco": build_coco_datasets, "objects365v2": build_objects365v2_dat
 
 
 def _detection_options(data_cfg: DictConfig) -> dict[str, Any]:
+    """The data set builder's options (``size_divisor`` is the collate's: left out)."""
     if data_cfg.name not in _DET_DATA:
         raise ConfigError(
             "task detection reads COCO-format data: set data.name=objects365v2 (Objects365 v2 "
             f"as mmdetection lays it out) or data.name=coco, not {data_cfg.name!r}"
         )
     options = _options(data_cfg, ("scale",))
+    options.pop("size_divisor", None)
     if options.get("train_scales"):
         options["train_scales"] = [tuple(s) for s in options["train_scales"]]
     return options
@@ -111,7 +114,20 @@ def _detection_options(data_cfg: DictConfig) -> dict[str, Any]:
 
 def _detection_data(data_cfg: DictConfig) -> tuple[Dataset, Dataset]:
     options = _detection_options(data_cfg)  # checks data.name first
+    _detection_batching(data_cfg)  # a bad size_divisor fails before the data loads
     return _DET_DATA[data_cfg.name](data_cfg.root, **options)
+
+
+def _detection_batching(data_cfg: DictConfig) -> dict[str, Any]:
+    """``collate_detection``'s ``size_divisor`` from ``data.options.size_divisor`` (default
+    32; mmdetection's ``pad_size_divisor``, 1 for DINO and Grounding DINO)."""
+    divisor = data_cfg.options.get("size_divisor", 32)
+    if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 1:
+        raise ConfigError(
+            f"data.options.size_divisor={divisor!r}: batches are padded to a multiple of it, "
+            "so it must be a positive integer (32 for most detectors, 1 for the DETR family)"
+        )
+    return {"size_divisor": divisor}
 
 
 _SEG_DATA = {"cityscapes": "cityscapes", "segfolder": "folder"}
@@ -158,7 +174,8 @@ def _classification_view(data_cfg: DictConfig, image: Image.Image) -> View:
 
 def _pipeline_view(pipeline: Callable, collate: Callable, image: Image.Image, blank: Any) -> View:
     """Through the validation pipeline with an empty ``blank`` target, batched as the task
-    batches (detection pads to a multiple of 32: ``H', W' >= H, W``, bottom and right)."""
+    batches (detection pads to ``data.options.size_divisor``: ``H', W' >= H, W``, bottom and
+    right)."""
     item = pipeline(image, blank)
     height, width = item[0].shape[-2:]
     picture = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
@@ -179,7 +196,8 @@ def _detection_view(data_cfg: DictConfig, image: Image.Image) -> View:
         "scale_factor": (1.0, 1.0),
         "flip": False,
     }
-    return _pipeline_view(pipeline, collate_detection, image, blank)
+    collate = partial(collate_detection, **_detection_batching(data_cfg))
+    return _pipeline_view(pipeline, collate, image, blank)
 
 
 def _segmentation_view(data_cfg: DictConfig, image: Image.Image) -> View:
@@ -246,6 +264,8 @@ class Task:
         loss: the loss term of the ground truth, used when a recipe lists no loss.
         build_datasets: ``data config -> (train, val)`` data sets with ``num_classes``.
         collate: batches items into ``(inputs, targets)`` (None: torch's default).
+        batching: ``data config -> keyword arguments of collate`` (the recipe's batching
+            options); :meth:`collate_for` binds them.
         evaluate: ``(model, loader, device, amp_dtype, max_batches) -> metrics``.
         check_teacher: ``(metrics, num_classes, name)``; raises if the teacher is useless.
         counted: what the evaluation's ``count`` counts, for messages.
@@ -271,6 +291,12 @@ class Task:
     report: str
     view: Callable[[DictConfig, Image.Image], View]
     confusion: Callable[..., Tensor]
+    batching: Callable[[DictConfig], dict[str, Any]] = lambda _data_cfg: {}  # no options
+
+    def collate_for(self, data_cfg: DictConfig) -> Callable | None:
+        """``collate`` with the recipe's batching options bound (None: torch's default)."""
+        options = self.batching(data_cfg)
+        return partial(self.collate, **options) if options and self.collate else self.collate
 
 
 TASKS: dict[str, Task] = {
@@ -314,6 +340,7 @@ TASKS: dict[str, Task] = {
             report="final",
             view=_detection_view,
             confusion=_detection_counts,
+            batching=_detection_batching,
         ),
     )
 }

@@ -13,11 +13,14 @@ __all__ = ["init_student_from_teacher", "pad_shapes"]
 
 
 def pad_shapes(targets: Sequence[dict[str, Any]], size_divisor: int) -> list[tuple[int, int]]:
-    """Each image's ``img_shape`` rounded up to a multiple of ``size_divisor``: mmdetection's
-    ``pad_shape``, the region whose priors are valid."""
+    """Each image's mmdetection ``pad_shape``, the region whose priors are valid: the
+    target's ``pad_shape`` (``collate_detection`` records it with the batch's divisor), else
+    its ``img_shape`` rounded up to a multiple of ``size_divisor``."""
     d = size_divisor
     return [
-        (math.ceil(t["img_shape"][0] / d) * d, math.ceil(t["img_shape"][1] / d) * d)
+        tuple(t["pad_shape"])
+        if "pad_shape" in t
+        else (math.ceil(t["img_shape"][0] / d) * d, math.ceil(t["img_shape"][1] / d) * d)
         for t in targets
     ]
 

@@ -97,7 +97,8 @@ class CrossKDLoss(LossTerm):
         loss_center_weight: ATSS centerness KD weight.
         beta: KDQFL exponent.
         temperature: GFL's KL temperature.
-        size_divisor: batch padding of each image's ``img_shape`` (anchor validity).
+        size_divisor: batch padding of each image's ``img_shape`` (anchor validity), for
+            targets without the ``pad_shape`` that ``collate_detection`` records.
     """
 
     def __init__(

@@ -15,8 +15,9 @@ class DetectionLoss(LossTerm):
 
     The detector (see :class:`kdforge.models.detection.DenseDetector`) assigns its priors
     and computes mmdetection's losses, e.g. ``{"cls": focal, "bbox": GIoU, "dfl": ...}``.
-    Each image's valid region is its ``img_shape`` padded to ``size_divisor`` (mmdetection's
-    ``pad_shape``): priors outside it get no loss. Needs no teacher.
+    Each image's valid region is mmdetection's ``pad_shape``: the target's (which
+    ``collate_detection`` records with the recipe's ``data.options.size_divisor``), else its
+    ``img_shape`` padded to ``size_divisor``; priors outside it get no loss. Needs no teacher.
     """
 
     needs_teacher = False
