@@ -35,6 +35,7 @@ from kdforge.distiller import Distiller
 from kdforge.engine import hooks as H
 from kdforge.engine._specs import kwargs_error, user_hook
 from kdforge.engine.checkpoint import load_checkpoint
+from kdforge.engine.class_names import check_class_names
 from kdforge.engine.distributed import DistInfo, init_distributed
 from kdforge.engine.ema import ModelEMA, adjusted_ema_decay
 from kdforge.engine.optim import make_optimizer, make_scheduler, parameter_groups
@@ -371,6 +372,7 @@ def _build(cfg: DictConfig, dist: DistInfo, folder: RunFolder) -> Trainer:
     terms = build_terms(OmegaConf.to_container(cfg.loss, resolve=True) or {task.loss: {}})
     cache = _open_cache(cfg, terms) if cfg.teacher.cache else None
     train_loader, val_loader, num_classes = build_data(cfg.data, dist, cfg.train.seed, task, cache)
+    check_class_names(cfg, getattr(val_loader.dataset, "classes", None))  # before the models
     teacher, student = build_models(cfg, num_classes, dist, with_teacher=cache is None)
     distiller = build_distiller(cfg, teacher, student, terms, train_loader, cache is not None)
     optimizers = build_optimizer(cfg, distiller, dist, len(train_loader))
