@@ -1,5 +1,6 @@
-"""A two-stage detector under 2-process DDP (gloo, CPU): RoI sampling runs per process on
-its own seeded stream, every parameter gets its gradient, and the replicas stay in sync."""
+"""A two-stage detector (and RepPoints, whose deformable convs and two-stage point targets
+are its own) under 2-process DDP (gloo, CPU): RoI sampling runs per process on its own
+seeded stream, every parameter gets its gradient, and the replicas stay in sync."""
 
 import json
 import math
@@ -7,6 +8,8 @@ import os
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 from kdforge.data.shapes import write_shapes_dataset
 
@@ -34,7 +37,14 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_faster_rcnn_with_cankd_under_ddp(tmp_path):
+HEAD_LOSSES = {
+    "faster_rcnn_r18_fpn": ["detection.rpn_cls", "detection.cls", "detection.bbox"],
+    "reppoints_moment_r18_fpn_gn": ["detection.cls", "detection.pts_init", "detection.pts_refine"],
+}
+
+
+@pytest.mark.parametrize("model", sorted(HEAD_LOSSES))
+def test_detector_with_cankd_under_ddp(model, tmp_path):
     root = write_shapes_dataset(tmp_path / "shapes", num_train=4, num_val=2, image_size=(96, 96))
     script = tmp_path / "ddp_two_stage.py"
     script.write_text(SCRIPT)
@@ -47,9 +57,9 @@ def test_faster_rcnn_with_cankd_under_ddp(tmp_path):
         "data.options={train_split: train, val_split: val, scale: [96, 96]}",
         "data.batch_size=1",
         "data.num_workers=0",
-        "teacher.name=faster_rcnn_r18_fpn",
+        f"teacher.name={model}",
         "teacher.truncate=true",
-        "student.name=faster_rcnn_r18_fpn",
+        f"student.name={model}",
         f"loss={{detection: {{}}, cankd: {{student_layers: [{', '.join(fpn)}]}}}}",
         "optim.lr=0.001",
         "schedule.epochs=1",
@@ -72,6 +82,6 @@ def test_faster_rcnn_with_cankd_under_ddp(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     train = [r for r in log if r["kind"] == "train"]
     assert [r["step"] for r in train] == [1, 2]  # 4 images / 2 processes / batch 1
-    keys = ["detection.rpn_cls", "detection.cls", "detection.bbox", *(f"cankd.{f}" for f in fpn)]
+    keys = [*HEAD_LOSSES[model], *(f"cankd.{f}" for f in fpn)]
     for key in keys:
         assert all(math.isfinite(r[key]) for r in train), key
