@@ -148,7 +148,8 @@ SEGMENTATION = {
 
 
 def test_every_recipe_is_listed():
-    dino = {"nlkd_dino-r101_dino-r50_12e_coco.yaml"}  # AdamW/DETR: tests/test_dino_recipes.py
+    # AdamW/DETR: tests/test_dino_recipes.py and tests/test_grounding_dino_recipes.py
+    dino = {"nlkd_dino-r101_dino-r50_12e_coco.yaml", "nlkd_ggdino-r101_ggdino-r50_1x_coco.yaml"}
     for folder, expected in [("coco", {*DETECTION, *dino}), ("cityscapes", SEGMENTATION)]:
         assert {p.name for p in (CONFIGS / folder / "cankd").glob("*.yaml")} == set(expected)
 
