@@ -78,8 +78,12 @@ _DEFORMABLE = ("dcn", "dconv", "mdconv")  # name tokens of deformable-conv confi
 
 
 def _rename(key: str) -> str:
-    """mmdetection's old FCOS predictor names (``fcos_cls``) to the current ``conv_cls``."""
-    return re.sub(r"^bbox_head\.fcos_(cls|reg|centerness)\.", r"bbox_head.conv_\1.", key)
+    """mmdetection 1.x names to the current ones: the FCOS predictors (``fcos_cls`` ->
+    ``conv_cls``, mmdetection's upgrade hook) and the DCN offset convs (``conv2_offset`` ->
+    ``conv2.conv_offset``, what mmcv's ``DeformConv2dPack`` does when loading a version-1
+    state dict)."""
+    key = re.sub(r"^bbox_head\.fcos_(cls|reg|centerness)\.", r"bbox_head.conv_\1.", key)
+    return re.sub(r"\.conv2_offset\.(weight|bias)$", r".conv2.conv_offset.\1", key)
 
 
 def _count(state: dict[str, Tensor], pattern: str) -> int:

@@ -106,3 +106,15 @@ def test_reppoints_names_that_do_not_fit_are_refused() -> None:
     state = {k: v for k, v in r50["state_dict"].items() if ".gn." not in k or "bbox" in k}
     with pytest.raises(CheckpointError, match="no registered RepPoints detector"):
         convert_mmdet(state, config=R50)  # an FPN without GroupNorm is not registered
+
+
+def test_mmdetection_1x_dcn_offset_names_are_renamed() -> None:
+    # mmdetection 1.x saved DeformConv2dPack offsets as ``conv2_offset``; mmcv renames them
+    ckpt = _checkpoint(101, 32, dcn=True)
+    new = "backbone.layer3.5.conv2.conv_offset.weight"
+    old_state = {
+        k.replace(".conv2.conv_offset.", ".conv2_offset."): v for k, v in ckpt["state_dict"].items()
+    }
+    assert new not in old_state
+    conversion = convert_mmdet({"state_dict": old_state}, config=X101)
+    assert torch.equal(conversion.state[new], ckpt["state_dict"][new])
