@@ -25,6 +25,12 @@ and ``segmentation.py`` say why), shortened so that all seven runs fit in about
   (24), then the student alone and the CanKD student (FPN levels 0-3, ``weight`` 10, the
   teacher run up to its neck: the official RepPoints recipe's setting) for
   ``--reppoints-epochs`` (12); about 12 more minutes.
+* **dino** (``dino_4scale_r18`` at width 64 with 2 encoder and 2 decoder layers, 100
+  queries and up to 20 denoising queries, from scratch, on the two-stage task's data; AdamW
+  at 2e-4 with the DINO config's gradient clip 0.1): a teacher for ``--dino-teacher-epochs``
+  (48), then the student alone and the CanKD student (neck levels 0-2, ``neck.convs.0..2``,
+  ``weight`` 10: the official DINO recipe's setting) for ``--dino-epochs`` (24). Meant for
+  a GPU (``--device cuda``): on one CPU thread it takes hours.
 * **segmentation** (``pspnet_r18`` from scratch; 500 / 100 images of 64 px): a teacher
   for ``--seg-teacher-epochs`` (8), then the student alone and the CanKD student
   (``backbone.layer4`` of both, ``weight`` 10) for ``--seg-epochs`` (4).
@@ -37,7 +43,7 @@ mIoU (%) on the validation images, at the best evaluation and at the end. Usage:
 
     python benchmarks/shapes_kd.py --out /tmp/shapes_kd
     python benchmarks/shapes_kd.py --only segmentation --seed 1
-    python benchmarks/shapes_kd.py --only two-stage --device cuda
+    python benchmarks/shapes_kd.py --only two-stage reppoints dino --device cuda
 """
 
 from __future__ import annotations
@@ -70,6 +76,12 @@ REPPOINTS_KWARGS = (
     "{fpn_channels: 64, feat_channels: 64, point_feat_channels: 64, stacked_convs: 2, "
     "frozen_stages: -1, norm_eval: false}"
 )
+DINO_MODEL = "dino_4scale_r18"
+DINO_KWARGS = (
+    "{num_queries: 100, embed_dims: 64, num_encoder_layers: 2, num_decoder_layers: 2, "
+    "feedforward_channels: 128, num_dn_queries: 20, frozen_stages: -1}"
+)
+DINO_TERMS = {"cankd": "{student_layers: [neck.convs.0, neck.convs.1, neck.convs.2], weight: 10.0}"}
 
 
 def _run(name: str, overrides: list[str], out: Path, metric: str, read_curves, device: str) -> dict:
@@ -127,10 +139,17 @@ def detection(out: Path, args: argparse.Namespace) -> list[dict]:
 
 
 def _small_detection(
-    out: Path, args: argparse.Namespace, model: str, kwargs: str, epochs: tuple[int, int]
+    out: Path,
+    args: argparse.Namespace,
+    model: str,
+    kwargs: str,
+    epochs: tuple[int, int],
+    terms: dict[str, str] = TWO_STAGE_TERMS,
+    extra: tuple[str, ...] = (),
 ) -> list[dict]:
     """Teacher, student alone and CanKD student of ``model`` (built with ``kwargs`` instead of
-    the demo's GFL ones, the teacher run up to its neck) on 128 / 32 shapes of 96 px."""
+    the demo's GFL ones, the teacher run up to its neck; ``extra`` overrides the demo's
+    recipe) on 128 / 32 shapes of 96 px."""
     sizes = (TWO_STAGE_SIZE, TWO_STAGE_SIZE)
     root = write_shapes_dataset(out / "shapes", 128, 32, sizes, seed=args.seed)
 
@@ -141,11 +160,9 @@ def _small_detection(
         )
         prefixes = ("student.kwargs=", "teacher.kwargs=")  # the demo's are the GFL's
         demo = [f"{o.split('=')[0]}={kwargs}" if o.startswith(prefixes) else o for o in demo]
-        return demo + (["teacher.truncate=true"] if teacher else [])
+        return demo + list(extra) + (["teacher.truncate=true"] if teacher else [])
 
-    return _teacher_and_students(
-        out, overrides, TWO_STAGE_TERMS, "AP", read_detection_curves, args, epochs
-    )
+    return _teacher_and_students(out, overrides, terms, "AP", read_detection_curves, args, epochs)
 
 
 def two_stage(out: Path, args: argparse.Namespace) -> list[dict]:
@@ -158,6 +175,13 @@ def reppoints(out: Path, args: argparse.Namespace) -> list[dict]:
     """RepPoints teacher, student alone and CanKD student on the two-stage task's shapes."""
     epochs = (args.reppoints_teacher_epochs, args.reppoints_epochs)
     return _small_detection(out, args, REPPOINTS_MODEL, REPPOINTS_KWARGS, epochs)
+
+
+def dino(out: Path, args: argparse.Namespace) -> list[dict]:
+    """DINO teacher, student alone and CanKD student on the two-stage task's shapes."""
+    epochs = (args.dino_teacher_epochs, args.dino_epochs)
+    extra = ("optim.lr=0.0002", "optim.weight_decay=0.0001", "optim.clip_grad_norm=0.1")
+    return _small_detection(out, args, DINO_MODEL, DINO_KWARGS, epochs, DINO_TERMS, extra)
 
 
 def segmentation(out: Path, args: argparse.Namespace) -> list[dict]:
@@ -178,6 +202,7 @@ TASKS = {  # --only's choices; each writes out/<task>/
     "detection": (detection, "AP"),
     "two-stage": (two_stage, "AP"),
     "reppoints": (reppoints, "AP"),
+    "dino": (dino, "AP"),
     "segmentation": (segmentation, "mIoU"),
 }
 
@@ -205,13 +230,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/shapes_kd"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", choices=tuple(TASKS))
+    parser.add_argument("--only", nargs="+", choices=tuple(TASKS), help="tasks to run (all)")
     parser.add_argument("--det-teacher-epochs", type=int, default=12)
     parser.add_argument("--det-epochs", type=int, default=6)
     parser.add_argument("--two-stage-teacher-epochs", type=int, default=8)
     parser.add_argument("--two-stage-epochs", type=int, default=4)
     parser.add_argument("--reppoints-teacher-epochs", type=int, default=24)
     parser.add_argument("--reppoints-epochs", type=int, default=12)
+    parser.add_argument("--dino-teacher-epochs", type=int, default=48)
+    parser.add_argument("--dino-epochs", type=int, default=24)
     parser.add_argument("--seg-teacher-epochs", type=int, default=8)
     parser.add_argument("--seg-epochs", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -221,7 +248,7 @@ def main() -> None:
     summary = {}
     with cpu_threads(args.threads):
         for task, (run_task, metric) in TASKS.items():
-            if args.only in (None, task):
+            if args.only is None or task in args.only:
                 summary[task] = run_task(args.out / task, args)
                 print("\n" + format_table(task, metric, summary[task]) + "\n", flush=True)
     (args.out / "results.json").write_text(json.dumps(vars(args) | summary, default=str, indent=2))
