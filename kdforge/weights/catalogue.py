@@ -298,6 +298,21 @@ EXCLUDED: dict[str, str] = {
         "neither CanKD nor mmdetection publishes this teacher: train the recipe "
         "objects365v2/retinanet/retinanet_r101_fpn_1x, then `kdforge export` its run here"
     ),
+    "checkpoints/coco/dino_4scale_r101_12e.safetensors": (
+        "neither CanKD nor mmdetection publishes a DINO R-101: train the recipe "
+        "coco/dino/dino-4scale_r101_8xb2-12e_coco, then `kdforge export` its run here"
+    ),
+    "checkpoints/coco/grounding_dino_r101_1x.safetensors": (
+        "neither CanKD nor mmdetection publishes a Grounding DINO R-101: train the recipe "
+        "coco/grounding_dino/grounding_dino_r101_scratch_1x_coco, then `kdforge export` its run "
+        "here"
+    ),
+    "download_ckpts/bert-base-uncased": (
+        "a folder, not one file: with `pip install kdforge[grounding]` and hub access, save "
+        "bert-base-uncased there as mmdetection's grounding_dino README does (BertConfig, "
+        "BertModel with add_pooling_layer=False and AutoTokenizer, each from_pretrained"
+        "('bert-base-uncased') then save_pretrained(<this path>))"
+    ),
 }
 
 

@@ -1,4 +1,5 @@
-"""Which weight files the recipes name (``pretrained:`` and ``backbone_pretrained:`` values)."""
+"""Which weight files the recipes name (``pretrained:`` and ``backbone_pretrained:`` values,
+and ``text_folder:``, Grounding DINO's local BERT folder)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ __all__ = [
     "weight_paths",
 ]
 
-WEIGHT_KEYS = ("pretrained", "backbone_pretrained")
+WEIGHT_KEYS = ("pretrained", "backbone_pretrained", "text_folder")
 
 
 def recipe_files() -> list[Path]:

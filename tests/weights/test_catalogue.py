@@ -14,7 +14,7 @@ from kdforge.commands.convert import CONVERTERS
 from kdforge.errors import ConfigError
 from kdforge.weights import CATALOGUE, EXCLUDED, entry_for_path, get_entries, recipe_weights
 from kdforge.weights.catalogue import CONVERSIONS
-from kdforge.weights.recipes import recipe_files, recipe_label
+from kdforge.weights.recipes import recipe_files, recipe_label, weight_paths
 
 # publisher hosts, and whether that publisher names its files name-<sha256 prefix>.ext
 HOSTS = {
@@ -83,3 +83,11 @@ def test_unknown_names_are_refused_with_close_matches():
         "resnet50",
         "resnet18",
     ]
+
+
+def test_the_bert_folder_of_the_grounding_dino_recipes_says_how_to_make_it():
+    named = [r for r in recipe_files() if "text_folder:" in r.read_text()]
+    assert len(named) >= 3  # Grounding DINO and CanKD's row
+    for recipe in named:
+        folders = [p for p in weight_paths(recipe) if p.endswith("bert-base-uncased")]
+        assert folders and all("save_pretrained" in EXCLUDED[p] for p in folders), recipe
