@@ -127,7 +127,13 @@ class DeformableDetrTransformerEncoder(nn.Module):
 
 class DinoTransformerDecoderLayer(nn.Module):
     """``self_attn`` -> ``norms.0`` -> ``cross_attn`` (deformable) -> ``norms.1`` -> ``ffn``
-    -> ``norms.2``; arguments as :class:`DeformableDetrTransformerEncoderLayer`."""
+    -> ``norms.2``; arguments as :class:`DeformableDetrTransformerEncoderLayer`.
+
+    A subclass with ``_text_attention = True`` also builds ``cross_attn_text`` (between
+    ``self_attn`` and ``cross_attn``, in mmdetection's order) and a fourth norm.
+    """
+
+    _text_attention = False
 
     def __init__(
         self,
@@ -140,11 +146,14 @@ class DinoTransformerDecoderLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.self_attn = MultiheadAttention(embed_dims, num_heads, attn_drop=dropout)
+        if self._text_attention:
+            self.cross_attn_text = MultiheadAttention(embed_dims, num_heads, attn_drop=dropout)
         self.cross_attn = MultiScaleDeformableAttention(
             embed_dims, num_heads, num_levels, num_points, dropout, batch_first=True
         )
         self.ffn = FFN(embed_dims, feedforward_channels, dropout)
-        self.norms = nn.ModuleList(nn.LayerNorm(embed_dims) for _ in range(3))
+        num_norms = 4 if self._text_attention else 3
+        self.norms = nn.ModuleList(nn.LayerNorm(embed_dims) for _ in range(num_norms))
 
     def forward(
         self,
@@ -158,16 +167,30 @@ class DinoTransformerDecoderLayer(nn.Module):
     ) -> Tensor:
         """``(N, Q, C)`` queries attending to ``value`` ``(N, S, C)`` -> ``(N, Q, C)``;
         ``reference_points`` ``(N, Q, levels, 4)``."""
-        query = self.self_attn(query, query_pos=query_pos, attn_mask=self_attn_mask)
+        query = self.norms[0](self.self_attn(query, query_pos=query_pos, attn_mask=self_attn_mask))
+        return self._image_attention_ffn(
+            query, query_pos, value, key_padding_mask, reference_points, spatial_shapes
+        )
+
+    def _image_attention_ffn(
+        self,
+        query: Tensor,
+        query_pos: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None,
+        reference_points: Tensor,
+        spatial_shapes: Shapes,
+    ) -> Tensor:
+        """The layer's tail: ``cross_attn`` -> ``norms[-2]`` -> ``ffn`` -> ``norms[-1]``."""
         query = self.cross_attn(
-            self.norms[0](query),
+            query,
             value,
             query_pos=query_pos,
             key_padding_mask=key_padding_mask,
             reference_points=reference_points,
             spatial_shapes=spatial_shapes,
         )
-        return self.norms[2](self.ffn(self.norms[1](query)))
+        return self.norms[-1](self.ffn(self.norms[-2](query)))
 
 
 class DinoTransformerDecoder(nn.Module):
@@ -177,7 +200,7 @@ class DinoTransformerDecoder(nn.Module):
     sine encoding of its input boxes (scaled by the level-0 valid ratios). After each layer
     ``reg_branches[i]`` predicts a box delta in inverse-sigmoid space; the refined box feeds
     the next layer detached, and is returned undetached. ``norm`` is applied to every
-    returned layer output.
+    returned layer output. Subclasses set ``layer_cls`` to decode with other layers.
 
     Args:
         num_layers: decoder layers (6).
@@ -185,13 +208,13 @@ class DinoTransformerDecoder(nn.Module):
         **layer_kwargs: :class:`DinoTransformerDecoderLayer` arguments.
     """
 
+    layer_cls: type[DinoTransformerDecoderLayer] = DinoTransformerDecoderLayer
+
     def __init__(
         self, num_layers: int = 6, return_intermediate: bool = True, **layer_kwargs
     ) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(
-            DinoTransformerDecoderLayer(**layer_kwargs) for _ in range(num_layers)
-        )
+        self.layers = nn.ModuleList(self.layer_cls(**layer_kwargs) for _ in range(num_layers))
         self.num_layers, self.return_intermediate = num_layers, return_intermediate
         dims = self.layers[0].ffn.layers[1].out_features
         self.embed_dims = dims
@@ -208,6 +231,7 @@ class DinoTransformerDecoder(nn.Module):
         spatial_shapes: Shapes,
         valid_ratios: Tensor,
         reg_branches: Sequence[nn.Module],
+        *layer_extras: Tensor,
     ) -> tuple[Tensor, Tensor]:
         """Decode ``(N, Q, C)`` content queries from ``(N, Q, 4)`` sigmoid boxes.
 
@@ -220,6 +244,8 @@ class DinoTransformerDecoder(nn.Module):
             spatial_shapes: ``(h, w)`` per level.
             valid_ratios: ``(N, levels, 2)``.
             reg_branches: at least ``num_layers`` box-delta predictors ``C -> 4``.
+            *layer_extras: further inputs of every layer, after the usual ones (Grounding
+                DINO's text memory and its padding mask).
 
         Returns:
             ``hidden_states`` ``(L, N, Q, C)`` (normalised by ``norm``; ``L`` = layers, or 1
@@ -241,6 +267,7 @@ class DinoTransformerDecoder(nn.Module):
                 self_attn_mask,
                 ref_input,
                 spatial_shapes,
+                *layer_extras,
             )
             new_ref = (reg_branches[i](query) + inverse_sigmoid(reference_points, 1e-3)).sigmoid()
             reference_points = new_ref.detach()

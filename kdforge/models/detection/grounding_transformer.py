@@ -18,14 +18,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from kdforge.models.detection.boxes import inverse_sigmoid
 from kdforge.models.detection.deformable_transformer import (
     DeformableDetrTransformerEncoder,
+    DinoTransformerDecoder,
+    DinoTransformerDecoderLayer,
 )
 from kdforge.models.detection.grounding_fusion import SingleScaleBiAttentionBlock
-from kdforge.models.detection.ms_deform_attn import MultiScaleDeformableAttention
-from kdforge.models.detection.positional_encoding import coordinate_to_encoding
-from kdforge.models.detection.transformer_bricks import FFN, MLP, MultiheadAttention
+from kdforge.models.detection.transformer_bricks import FFN, MultiheadAttention
 
 __all__ = [
     "DetrTransformerEncoderLayer",
@@ -157,27 +156,13 @@ class GroundingDinoTransformerEncoder(DeformableDetrTransformerEncoder):
         return query, memory_text
 
 
-class GroundingDinoTransformerDecoderLayer(nn.Module):
+class GroundingDinoTransformerDecoderLayer(DinoTransformerDecoderLayer):
     """``self_attn`` -> ``norms.0`` -> ``cross_attn_text`` -> ``norms.1`` -> ``cross_attn``
-    (deformable) -> ``norms.2`` -> ``ffn`` -> ``norms.3`` (8 heads everywhere, FFN 2048)."""
+    (deformable) -> ``norms.2`` -> ``ffn`` -> ``norms.3`` (8 heads everywhere, FFN 2048);
+    arguments as DINO's
+    :class:`~kdforge.models.detection.deformable_transformer.DinoTransformerDecoderLayer`."""
 
-    def __init__(
-        self,
-        embed_dims: int = 256,
-        num_heads: int = 8,
-        num_levels: int = 4,
-        num_points: int = 4,
-        feedforward_channels: int = 2048,
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.self_attn = MultiheadAttention(embed_dims, num_heads, attn_drop=dropout)
-        self.cross_attn_text = MultiheadAttention(embed_dims, num_heads, attn_drop=dropout)
-        self.cross_attn = MultiScaleDeformableAttention(
-            embed_dims, num_heads, num_levels, num_points, dropout, batch_first=True
-        )
-        self.ffn = FFN(embed_dims, feedforward_channels, dropout)
-        self.norms = nn.ModuleList(nn.LayerNorm(embed_dims) for _ in range(4))
+    _text_attention = True
 
     def forward(
         self,
@@ -202,31 +187,22 @@ class GroundingDinoTransformerDecoderLayer(nn.Module):
             query_pos=query_pos,
             key_padding_mask=text_attention_mask,
         )
-        query = self.cross_attn(
+        return self._image_attention_ffn(
             self.norms[1](query),
+            query_pos,
             value,
-            query_pos=query_pos,
-            key_padding_mask=key_padding_mask,
-            reference_points=reference_points,
-            spatial_shapes=spatial_shapes,
+            key_padding_mask,
+            reference_points,
+            spatial_shapes,
         )
-        return self.norms[3](self.ffn(self.norms[2](query)))
 
 
-class GroundingDinoTransformerDecoder(nn.Module):
+class GroundingDinoTransformerDecoder(DinoTransformerDecoder):
     """DINO's decoder (positional queries from the boxes, refinement by ``reg_branches``,
     look-forward-twice) whose layers also read the text. ``ref_point_head`` and ``norm`` as
     :class:`~kdforge.models.detection.deformable_transformer.DinoTransformerDecoder`."""
 
-    def __init__(self, num_layers: int = 6, return_intermediate: bool = True, **layer_kwargs):
-        super().__init__()
-        self.layers = nn.ModuleList(
-            GroundingDinoTransformerDecoderLayer(**layer_kwargs) for _ in range(num_layers)
-        )
-        self.num_layers, self.return_intermediate = num_layers, return_intermediate
-        self.embed_dims = dims = self.layers[0].ffn.layers[1].out_features
-        self.ref_point_head = MLP(dims * 2, dims, dims, 2)
-        self.norm = nn.LayerNorm(dims)
+    layer_cls = GroundingDinoTransformerDecoderLayer
 
     def forward(
         self,
@@ -243,29 +219,15 @@ class GroundingDinoTransformerDecoder(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """As ``DinoTransformerDecoder.forward``, plus the text memory ``(B, T, C)`` and its
         ``(B, T)`` padding mask. Returns ``(L, B, Q, C)`` states and ``(L + 1, B, Q, 4)`` boxes."""
-        states, refs = [], [reference_points]
-        ratios = torch.cat([valid_ratios, valid_ratios], -1)[:, None]  # (B, 1, levels, 4)
-        for i, layer in enumerate(self.layers):
-            ref_input = reference_points[:, :, None] * ratios  # (B, Q, levels, 4)
-            query_pos = self.ref_point_head(
-                coordinate_to_encoding(ref_input[:, :, 0], self.embed_dims // 2)
-            )
-            query = layer(
-                query,
-                query_pos,
-                value,
-                key_padding_mask,
-                self_attn_mask,
-                ref_input,
-                spatial_shapes,
-                memory_text,
-                text_attention_mask,
-            )
-            new_ref = (reg_branches[i](query) + inverse_sigmoid(reference_points, 1e-3)).sigmoid()
-            reference_points = new_ref.detach()
-            if self.return_intermediate:
-                states.append(self.norm(query))
-                refs.append(new_ref)
-        if not self.return_intermediate:
-            return query[None], torch.stack([refs[0], reference_points])
-        return torch.stack(states), torch.stack(refs)
+        return super().forward(
+            query,
+            value,
+            key_padding_mask,
+            self_attn_mask,
+            reference_points,
+            spatial_shapes,
+            valid_ratios,
+            reg_branches,
+            memory_text,
+            text_attention_mask,
+        )
