@@ -17,14 +17,18 @@ load as they are.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdforge.models.detection.backbone import ResNetBackbone
+from kdforge.models.detection._dino_build import (
+    dino_backbone_and_neck,
+    dino_positional_encoding,
+    dino_query_generator,
+)
 from kdforge.models.detection.channel_mapper import ChannelMapper
 from kdforge.models.detection.deformable_transformer import (
     DeformableDetrTransformerEncoder,
@@ -35,7 +39,23 @@ from kdforge.models.detection.dino_head import DINOHead
 from kdforge.models.detection.ms_deform_attn import MultiScaleDeformableAttention
 from kdforge.models.detection.positional_encoding import SinePositionalEncoding
 
-__all__ = ["DINO", "build_dino"]
+__all__ = ["DINO", "build_dino", "select_queries"]
+
+
+def select_queries(enc_class: Tensor, enc_coord: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Query selection: the ``k`` encoder positions whose highest logit is largest (DINO's
+    class logits; Grounding DINO's token logits, language-guided).
+
+    Args:
+        enc_class: ``(N, S, K)`` logits of every encoder position (``-inf`` where masked).
+        enc_coord: ``(N, S, 4)`` inverse-sigmoid proposal boxes.
+
+    Returns:
+        The selected ``(N, k, K)`` logits and ``(N, k, 4)`` boxes, best first.
+    """
+    topk = enc_class.max(-1).values.topk(k, dim=1).indices  # (N, k)
+    scores = enc_class.gather(1, topk[..., None].expand(-1, -1, enc_class.shape[-1]))
+    return scores, enc_coord.gather(1, topk[..., None].expand(-1, -1, 4))
 
 
 def _valid_ratio(mask: Tensor) -> Tensor:
@@ -206,6 +226,14 @@ class DINO(nn.Module):
         output = memory.masked_fill(disabled, 0.0)
         return self.memory_trans_norm(self.memory_trans_fc(output)), proposals
 
+    def _encoder_inputs(self, outputs: dict, img_shapes: list[tuple[int, int]]) -> dict:
+        """:meth:`_flatten` of ``forward``'s outputs (the padded batch shape is taken from
+        ``img_shapes`` when the outputs do not carry it)."""
+        batch_shape = outputs.get("batch_input_shape")
+        if batch_shape is None:
+            batch_shape = tuple(max(s[i] for s in img_shapes) for i in (0, 1))
+        return self._flatten(outputs["feats"], batch_shape, img_shapes)
+
     def _transformer(
         self,
         outputs: dict,
@@ -213,13 +241,25 @@ class DINO(nn.Module):
         targets: Sequence[dict[str, Tensor]] | None,
     ) -> dict:
         """Encoder, query selection, (denoising when ``targets`` are given) and decoder."""
-        feats = outputs["feats"]
-        batch_shape = outputs.get("batch_input_shape")
-        if batch_shape is None:
-            batch_shape = tuple(max(s[i] for s in img_shapes) for i in (0, 1))
-        enc = self._flatten(feats, batch_shape, img_shapes)
+        enc = self._encoder_inputs(outputs, img_shapes)
+        memory = self.encoder(
+            enc["feat"], enc["pos"], enc["mask"], enc["spatial_shapes"], enc["valid_ratios"]
+        )
+        return self._decode(memory, enc, img_shapes, targets)
+
+    def _decode(
+        self,
+        memory: Tensor,
+        enc: dict,
+        img_shapes: list[tuple[int, int]],
+        targets: Sequence[Mapping[str, Tensor]] | None,
+        cls_extras: tuple[Tensor, ...] = (),
+        decoder_extras: tuple[Tensor, ...] = (),
+    ) -> dict:
+        """Query selection from the encoder ``memory`` ``(N, S, C)``, the denoising queries
+        (when ``targets`` are given) and the decoder; ``cls_extras`` and ``decoder_extras``
+        are further inputs of the encoder's class branch and of the decoder (the text)."""
         shapes, mask, ratios = enc["spatial_shapes"], enc["mask"], enc["valid_ratios"]
-        memory = self.encoder(enc["feat"], enc["pos"], mask, shapes, ratios)
         if memory.shape[1] < self.num_queries:
             raise ValueError(
                 f"the images give {memory.shape[1]} encoder positions, fewer than the "
@@ -227,11 +267,9 @@ class DINO(nn.Module):
             )
         output_memory, output_proposals = self.gen_encoder_output_proposals(memory, mask, shapes)
         last = self.decoder.num_layers
-        enc_class = self.bbox_head.cls_branches[last](output_memory)  # (N, S, K)
+        enc_class = self.bbox_head.cls_branches[last](output_memory, *cls_extras)  # (N, S, K)
         enc_coord = self.bbox_head.reg_branches[last](output_memory) + output_proposals
-        topk = enc_class.max(-1).values.topk(self.num_queries, dim=1).indices  # (N, Q)
-        topk_score = enc_class.gather(1, topk[..., None].expand(-1, -1, enc_class.shape[-1]))
-        topk_coord = enc_coord.gather(1, topk[..., None].expand(-1, -1, 4))
+        topk_score, topk_coord = select_queries(enc_class, enc_coord, self.num_queries)
         query = self.query_embedding.weight[None].expand(memory.shape[0], -1, -1)
         reference = topk_coord.detach()
         dn_mask, dn_meta = None, None
@@ -248,6 +286,7 @@ class DINO(nn.Module):
             shapes,
             ratios,
             self.bbox_head.reg_branches,
+            *decoder_extras,
         )
         return {
             "hidden_states": hidden_states,
@@ -325,31 +364,15 @@ def build_dino(
             (dynamic groups of at most 100 queries, 0.5, 1.0).
         **head_kwargs: further :class:`DINOHead` keywords.
     """
-    backbone = ResNetBackbone(
-        depth,
-        frozen_stages=frozen_stages,
-        norm_eval=True,
-        norm_requires_grad=False,
-        out_indices=(1, 2, 3),
-    )
-    if backbone_pretrained is not None:
-        backbone.load_torchvision(backbone_pretrained)
-    neck = ChannelMapper(
-        [i["num_chs"] for i in backbone.feature_info], embed_dims, kernel_size=1, num_outs=4
-    )
+    backbone, neck = dino_backbone_and_neck(depth, embed_dims, frozen_stages, backbone_pretrained)
     layer = {"embed_dims": embed_dims, "feedforward_channels": feedforward_channels}
-    generator = CdnQueryGenerator(
-        num_classes,
-        embed_dims,
-        num_queries,
-        label_noise_scale=label_noise_scale,
-        box_noise_scale=box_noise_scale,
-        group_cfg={"dynamic": True, "num_groups": None, "num_dn_queries": num_dn_queries},
+    generator = dino_query_generator(
+        num_classes, embed_dims, num_queries, num_dn_queries, label_noise_scale, box_noise_scale
     )
     return DINO(
         backbone,
         neck,
-        SinePositionalEncoding(embed_dims // 2, temperature=20, normalize=True, offset=0.0),
+        dino_positional_encoding(embed_dims),
         DeformableDetrTransformerEncoder(num_encoder_layers, **layer),
         DinoTransformerDecoder(num_decoder_layers, return_intermediate=True, **layer),
         generator,

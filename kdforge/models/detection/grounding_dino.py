@@ -20,9 +20,13 @@ import torch
 from torch import Tensor
 
 from kdforge.errors import ConfigError
-from kdforge.models.detection.backbone import ResNetBackbone
+from kdforge.models.detection._dino_build import (
+    dino_backbone_and_neck,
+    dino_positional_encoding,
+    dino_query_generator,
+)
 from kdforge.models.detection.channel_mapper import ChannelMapper
-from kdforge.models.detection.dino import DINO
+from kdforge.models.detection.dino import DINO, select_queries
 from kdforge.models.detection.dino_denoising import CdnQueryGenerator, target_img_shapes
 from kdforge.models.detection.grounding_bert import BertLanguageModel, TextFeatures, text_feat_map
 from kdforge.models.detection.grounding_dino_head import GroundingDINOHead
@@ -33,22 +37,6 @@ from kdforge.models.detection.grounding_transformer import (
 from kdforge.models.detection.positional_encoding import SinePositionalEncoding
 
 __all__ = ["GroundingDINO", "build_grounding_dino", "select_queries"]
-
-
-def select_queries(enc_class: Tensor, enc_coord: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Language-guided query selection: the ``k`` encoder positions whose highest token
-    logit is largest.
-
-    Args:
-        enc_class: ``(B, S, L)`` token logits of every encoder position (``-inf`` off text).
-        enc_coord: ``(B, S, 4)`` inverse-sigmoid proposal boxes.
-
-    Returns:
-        The selected ``(B, k, L)`` logits and ``(B, k, 4)`` boxes, best first.
-    """
-    topk = enc_class.max(-1).values.topk(k, dim=1).indices  # (B, k)
-    scores = enc_class.gather(1, topk[..., None].expand(-1, -1, enc_class.shape[-1]))
-    return scores, enc_coord.gather(1, topk[..., None].expand(-1, -1, 4))
 
 
 class GroundingDINO(DINO):
@@ -118,65 +106,29 @@ class GroundingDINO(DINO):
     ) -> dict:
         """Text encoder, feature enhancer, language-guided query selection, (denoising when
         ``targets`` are given) and the cross-modality decoder."""
-        feats = outputs["feats"]
-        batch_shape = outputs.get("batch_input_shape")
-        if batch_shape is None:
-            batch_shape = tuple(max(s[i] for s in img_shapes) for i in (0, 1))
-        text = self.encode_text(feats[0].shape[0])
+        text = self.encode_text(outputs["feats"][0].shape[0])
         text_padding = ~text.text_token_mask
-        enc = self._flatten(feats, batch_shape, img_shapes)
-        shapes, mask, ratios = enc["spatial_shapes"], enc["mask"], enc["valid_ratios"]
+        enc = self._encoder_inputs(outputs, img_shapes)
         memory, memory_text = self.encoder(
             enc["feat"],
             enc["pos"],
-            mask,
-            shapes,
-            ratios,
+            enc["mask"],
+            enc["spatial_shapes"],
+            enc["valid_ratios"],
             text.embedded,
             text_padding,
             text.position_ids,
             text.masks,
         )
-        if memory.shape[1] < self.num_queries:
-            raise ValueError(
-                f"the images give {memory.shape[1]} encoder positions, fewer than the "
-                f"{self.num_queries} queries: use larger images or a smaller num_queries"
-            )
-        output_memory, output_proposals = self.gen_encoder_output_proposals(memory, mask, shapes)
-        last = self.decoder.num_layers
-        enc_class = self.bbox_head.cls_branches[last](
-            output_memory, memory_text, text.text_token_mask
-        )  # (B, S, L)
-        enc_coord = self.bbox_head.reg_branches[last](output_memory) + output_proposals
-        topk_score, topk_coord = select_queries(enc_class, enc_coord, self.num_queries)
-        query = self.query_embedding.weight[None].expand(memory.shape[0], -1, -1)
-        reference = topk_coord.detach()
-        dn_mask, dn_meta = None, None
-        if targets is not None:
-            dn_label, dn_bbox, dn_mask, dn_meta = self.dn_query_generator(targets, img_shapes)
-            query = torch.cat([dn_label.to(query.dtype), query], 1)
-            reference = torch.cat([dn_bbox.to(reference.dtype), reference], 1)
-        hidden_states, references = self.decoder(
-            query,
+        head = self._decode(
             memory,
-            mask,
-            dn_mask,
-            reference.sigmoid(),
-            shapes,
-            ratios,
-            self.bbox_head.reg_branches,
-            memory_text,
-            text_padding,
+            enc,
+            img_shapes,
+            targets,
+            cls_extras=(memory_text, text.text_token_mask),  # -> (B, S, L) token logits
+            decoder_extras=(memory_text, text_padding),
         )
-        return {
-            "hidden_states": hidden_states,
-            "references": references,
-            "memory_text": memory_text,
-            "text_token_mask": text.text_token_mask,
-            "enc_outputs_class": topk_score,
-            "enc_outputs_coord": topk_coord.sigmoid(),
-            "dn_meta": dn_meta,
-        }
+        return {**head, "memory_text": memory_text, "text_token_mask": text.text_token_mask}
 
     def loss(
         self,
@@ -274,21 +226,8 @@ def build_grounding_dino(
             "Grounding DINO needs a local BERT folder: set kwargs.text_folder to a "
             "bert-base-uncased folder written by save_pretrained"
         )
-    backbone = ResNetBackbone(
-        depth,
-        frozen_stages=frozen_stages,
-        norm_eval=True,
-        norm_requires_grad=False,
-        out_indices=(1, 2, 3),
-    )
-    if backbone_pretrained is not None:
-        backbone.load_torchvision(backbone_pretrained)
-    neck = ChannelMapper(
-        [i["num_chs"] for i in backbone.feature_info],
-        embed_dims,
-        kernel_size=1,
-        num_outs=4,
-        bias=True,
+    backbone, neck = dino_backbone_and_neck(
+        depth, embed_dims, frozen_stages, backbone_pretrained, neck_bias=True
     )
     layer = {"embed_dims": embed_dims, "feedforward_channels": feedforward_channels}
     encoder = GroundingDinoTransformerEncoder(
@@ -298,14 +237,7 @@ def build_grounding_dino(
         num_cp=num_cp,
         **layer,
     )
-    generator = CdnQueryGenerator(
-        num_classes,
-        embed_dims,
-        num_queries,
-        label_noise_scale=0.5,
-        box_noise_scale=1.0,
-        group_cfg={"dynamic": True, "num_groups": None, "num_dn_queries": num_dn_queries},
-    )
+    generator = dino_query_generator(num_classes, embed_dims, num_queries, num_dn_queries)
     head = GroundingDINOHead(
         num_classes,
         embed_dims,
@@ -317,7 +249,7 @@ def build_grounding_dino(
     return GroundingDINO(
         backbone,
         neck,
-        SinePositionalEncoding(embed_dims // 2, temperature=20, normalize=True, offset=0.0),
+        dino_positional_encoding(embed_dims),
         encoder,
         GroundingDinoTransformerDecoder(num_decoder_layers, return_intermediate=True, **layer),
         generator,
