@@ -38,6 +38,10 @@ _Targets = tuple[Tensor, Tensor, Tensor, int]  # labels, bbox targets, bbox weig
 class DINOHead(nn.Module):
     """Class and box branches per prediction layer, DETR losses and top-k decoding.
 
+    A subclass changes only the classification (Grounding DINO's text tokens): the class
+    branches' extra inputs, ``_cls_loss``, ``_assign`` and ``_class_targets``; the per-layer
+    loss loop, the normalisers and the box losses are shared.
+
     Args:
         num_classes: object classes ``K`` (sigmoid outputs, no background class).
         embed_dims: query width ``D``.
@@ -100,27 +104,52 @@ class DINOHead(nn.Module):
             nn.init.zeros_(branch[-1].weight)
             nn.init.zeros_(branch[-1].bias)
 
-    def forward(self, hidden_states: Tensor, references: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, hidden_states: Tensor, references: Tensor, *cls_extras: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """``(L, N, Q, D)`` decoder outputs and ``(L + 1, N, Q, 4)`` sigmoid references (the
         input reference of each layer; the last is unused) -> ``(L, N, Q, K)`` logits and
-        ``(L, N, Q, 4)`` sigmoid ``(cx, cy, w, h)`` boxes."""
-        outs = [self.layer_outputs(i, s, references[i]) for i, s in enumerate(hidden_states)]
+        ``(L, N, Q, 4)`` sigmoid ``(cx, cy, w, h)`` boxes (``cls_extras``: further inputs of
+        the class branches, as :meth:`layer_outputs`)."""
+        outs = [
+            self.layer_outputs(i, s, references[i], *cls_extras)
+            for i, s in enumerate(hidden_states)
+        ]
         return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
 
-    def layer_outputs(self, layer: int, state: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
+    def layer_outputs(
+        self, layer: int, state: Tensor, reference: Tensor, *cls_extras: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Decoder layer ``layer``'s ``(..., D)`` output and ``(..., 4)`` sigmoid input
-        reference -> ``(..., K)`` logits and ``(..., 4)`` sigmoid boxes."""
+        reference -> ``(..., K)`` logits and ``(..., 4)`` sigmoid boxes; ``cls_extras`` follow
+        the state into ``cls_branches[layer]`` (none for DINO, the text for Grounding DINO)."""
         offset = self.reg_branches[layer](state)
-        return self.cls_branches[layer](state), (offset + inverse_sigmoid(reference)).sigmoid()
+        cls = self.cls_branches[layer](state, *cls_extras)
+        return cls, (offset + inverse_sigmoid(reference)).sigmoid()
 
     # ---- losses -------------------------------------------------------------------------
 
+    def _cls_loss(self, cls: Tensor, targets: Sequence[_Targets], avg_factor: float) -> Tensor:
+        """Sigmoid focal loss of ``(N, Q, K)`` logits against the targets' class labels."""
+        return sigmoid_focal_loss(
+            cls.reshape(-1, self.num_classes),
+            torch.cat([t[0] for t in targets]),
+            gamma=self.focal_gamma,
+            alpha=self.focal_alpha,
+            avg_factor=avg_factor,
+        )
+
     def _layer_loss(
-        self, cls: Tensor, boxes: Tensor, targets: Sequence[_Targets], shapes: list[tuple]
+        self,
+        cls: Tensor,
+        boxes: Tensor,
+        targets: Sequence[_Targets],
+        shapes: list[tuple],
+        *cls_extras: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """mmdetection ``loss_by_feat_single``: focal, L1 and GIoU losses of ``(N, Q, K)``
-        logits and ``(N, Q, 4)`` boxes against per-image targets, weighted."""
-        labels = torch.cat([t[0] for t in targets])
+        """mmdetection ``loss_by_feat_single``: :meth:`_cls_loss` (given ``cls_extras``), L1
+        and GIoU losses of ``(N, Q, K)`` logits and ``(N, Q, 4)`` boxes against per-image
+        targets, weighted."""
         bbox_targets = torch.cat([t[1] for t in targets])
         bbox_weights = torch.cat([t[2] for t in targets])
         num_pos = float(sum(t[3] for t in targets))
@@ -129,13 +158,7 @@ class DINOHead(nn.Module):
             cls_avg = reduce_mean(cls_avg)
         cls_avg = max(cls_avg.item(), 1.0)
         w_cls, w_bbox, w_iou = self.loss_weights
-        loss_cls = sigmoid_focal_loss(
-            cls.reshape(-1, self.num_classes),
-            labels,
-            gamma=self.focal_gamma,
-            alpha=self.focal_alpha,
-            avg_factor=cls_avg,
-        )
+        loss_cls = self._cls_loss(cls, targets, cls_avg, *cls_extras)
         box_avg = reduce_mean(cls.new_tensor(num_pos)).clamp(min=1).item()
         factors = torch.cat(
             [boxes.new_tensor([w, h, w, h]).expand(boxes.shape[1], 4) for h, w in shapes]
@@ -150,22 +173,42 @@ class DINOHead(nn.Module):
         loss_bbox = l1_loss(preds, bbox_targets, bbox_weights, avg_factor=box_avg)
         return w_cls * loss_cls, w_bbox * loss_bbox, w_iou * loss_iou
 
+    def _assign(
+        self, cls: Tensor, boxes: Tensor, gt: Mapping[str, Tensor], img_shape: tuple[int, int]
+    ) -> Tensor:
+        """Hungarian ``gt_inds`` of one image's ``(Q, K)`` logits and ``(Q, 4)`` boxes."""
+        gt_labels = gt["labels"].to(boxes.device).long()
+        return self.assigner.assign(cls, boxes, gt["boxes"].to(boxes), gt_labels, img_shape)
+
+    def _class_targets(
+        self, gt: Mapping[str, Tensor], pos: Tensor, matched: Tensor, num_queries: int, like
+    ) -> Tensor:
+        """``(num_queries,)`` labels: query ``pos[j]`` gets box ``matched[j]``'s class, the
+        others the background index ``num_classes``."""
+        labels = torch.full((num_queries,), self.num_classes, device=like.device)
+        labels[pos] = gt["labels"].to(like.device).long()[matched]
+        return labels
+
     def _matching_targets(
-        self, cls: Tensor, boxes: Tensor, gts: Sequence[Mapping[str, Tensor]], shapes: list
+        self,
+        cls: Tensor,
+        boxes: Tensor,
+        gts: Sequence[Mapping[str, Tensor]],
+        shapes: list,
+        *cls_extras: Tensor,
     ) -> list[_Targets]:
-        """Hungarian targets per image for ``(N, Q, K)`` logits and ``(N, Q, 4)`` boxes."""
+        """Hungarian targets per image for ``(N, Q, K)`` logits and ``(N, Q, 4)`` boxes
+        (image ``i`` of each of ``cls_extras`` goes to :meth:`_assign`)."""
         out = []
         for i, (gt, (h, w)) in enumerate(zip(gts, shapes, strict=True)):
-            gt_boxes, gt_labels = gt["boxes"].to(boxes), gt["labels"].to(boxes.device).long()
-            gt_inds = self.assigner.assign(cls[i], boxes[i], gt_boxes, gt_labels, (h, w))
+            gt_inds = self._assign(cls[i], boxes[i], gt, (h, w), *(e[i] for e in cls_extras))
             pos = (gt_inds > 0).nonzero().squeeze(1)
             matched = gt_inds[pos] - 1
-            labels = gt_inds.new_full((boxes.shape[1],), self.num_classes)
-            labels[pos] = gt_labels[matched]
+            labels = self._class_targets(gt, pos, matched, boxes.shape[1], boxes)
             bbox_targets = boxes.new_zeros(boxes.shape[1], 4)
             bbox_weights = boxes.new_zeros(boxes.shape[1], 4)
             factor = boxes.new_tensor([w, h, w, h])
-            bbox_targets[pos] = xyxy_to_cxcywh(gt_boxes[matched] / factor)
+            bbox_targets[pos] = xyxy_to_cxcywh(gt["boxes"].to(boxes)[matched] / factor)
             bbox_weights[pos] = 1.0
             out.append((labels, bbox_targets, bbox_weights, pos.numel()))
         return out
@@ -178,12 +221,11 @@ class DINOHead(nn.Module):
         per_group = num_dn // groups
         out = []
         for gt, (h, w) in zip(gts, shapes, strict=True):
-            gt_boxes, gt_labels = gt["boxes"].to(like), gt["labels"].to(like.device).long()
-            n = gt_labels.numel()
+            gt_boxes = gt["boxes"].to(like)
+            boxes = torch.arange(gt_boxes.shape[0], device=like.device)
             offsets = torch.arange(groups, device=like.device)[:, None] * per_group
-            pos = (offsets + torch.arange(n, device=like.device)[None]).flatten()
-            labels = gt_labels.new_full((num_dn,), self.num_classes)
-            labels[pos] = gt_labels.repeat(groups)
+            pos = (offsets + boxes[None]).flatten()  # group-major, ascending
+            labels = self._class_targets(gt, pos, boxes.repeat(groups), num_dn, like)
             bbox_targets, bbox_weights = like.new_zeros(num_dn, 4), like.new_zeros(num_dn, 4)
             factor = like.new_tensor([w, h, w, h])
             bbox_targets[pos] = xyxy_to_cxcywh(gt_boxes / factor).repeat(groups, 1)
@@ -219,32 +261,46 @@ class DINOHead(nn.Module):
         """
         shapes = target_img_shapes(targets, image_size)
         all_cls, all_boxes = self(hidden_states, references)
+        return self._losses(
+            all_cls, all_boxes, enc_outputs_class, enc_outputs_coord, targets, dn_meta, shapes
+        )
+
+    def _losses(
+        self,
+        all_cls: Tensor,
+        all_boxes: Tensor,
+        enc_outputs_class: Tensor | None,
+        enc_outputs_coord: Tensor | None,
+        targets: Sequence[Mapping[str, Tensor]],
+        dn_meta: Mapping[str, int] | None,
+        shapes: list[tuple[int, int]],
+        *cls_extras: Tensor,
+    ) -> dict[str, Tensor]:
+        """:meth:`loss` from every layer's ``(L, N, Qdn + Q, K)`` logits and boxes;
+        ``cls_extras`` go to the matching and the classification loss."""
         all_cls, all_boxes = all_cls.float(), all_boxes.float()
         num_dn = dn_meta["num_denoising_queries"] if dn_meta is not None else 0
         losses: dict[str, Tensor] = {}
         num_layers = all_cls.shape[0]
+
+        def add(cls: Tensor, boxes: Tensor, prefix: str, found=None) -> None:
+            if found is None:
+                found = self._matching_targets(cls, boxes, targets, shapes, *cls_extras)
+            losses.update(_named(self._layer_loss(cls, boxes, found, shapes, *cls_extras), prefix))
+
         for layer in range(num_layers):
-            cls, boxes = all_cls[layer, :, num_dn:], all_boxes[layer, :, num_dn:]
-            found = self._layer_loss(
-                cls, boxes, self._matching_targets(cls, boxes, targets, shapes), shapes
-            )
             prefix = "" if layer == num_layers - 1 else f"d{layer}."
-            losses.update(_named(found, f"{prefix}loss"))
+            add(all_cls[layer, :, num_dn:], all_boxes[layer, :, num_dn:], f"{prefix}loss")
         if enc_outputs_class is not None:
-            cls, boxes = enc_outputs_class.float(), enc_outputs_coord.float()
-            found = self._layer_loss(
-                cls, boxes, self._matching_targets(cls, boxes, targets, shapes), shapes
-            )
-            losses.update(_named(found, "enc_loss"))
+            add(enc_outputs_class.float(), enc_outputs_coord.float(), "enc_loss")
         if dn_meta is not None and num_dn > 0:
             dn_targets = self._denoising_targets(
                 num_dn, dn_meta["num_denoising_groups"], targets, shapes, all_boxes
             )
             for layer in range(num_layers):
-                cls, boxes = all_cls[layer, :, :num_dn], all_boxes[layer, :, :num_dn]
-                found = self._layer_loss(cls, boxes, dn_targets, shapes)
                 prefix = "" if layer == num_layers - 1 else f"d{layer}."
-                losses.update(_named(found, f"{prefix}dn_loss"))
+                cls, boxes = all_cls[layer, :, :num_dn], all_boxes[layer, :, :num_dn]
+                add(cls, boxes, f"{prefix}dn_loss", dn_targets)
         return losses
 
     @torch.no_grad()
@@ -255,16 +311,22 @@ class DINOHead(nn.Module):
         ``max_per_img`` (query, class) sigmoid scores of the last layer, as mmdetection."""
         last = hidden_states.shape[0] - 1
         cls, boxes = self.layer_outputs(last, hidden_states[last], references[last])
-        cls, boxes = cls.float().sigmoid(), boxes.float()
+        return self._top_detections(cls.float().sigmoid(), boxes.float(), image_sizes)
+
+    def _top_detections(
+        self, scores: Tensor, boxes: Tensor, image_sizes: Sequence[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        """``(N, Q, K)`` class scores and ``(N, Q, 4)`` sigmoid boxes -> per image the top
+        ``max_per_img`` (query, class) pairs, boxes in pixels clipped to the image."""
+        num_classes = scores.shape[-1]
         results = []
-        for scores_i, boxes_i, (h, w) in zip(cls, boxes, image_sizes, strict=True):
+        for scores_i, boxes_i, (h, w) in zip(scores, boxes, image_sizes, strict=True):
             k = min(self.max_per_img, scores_i.numel())
-            scores, index = scores_i.flatten().topk(k)
-            xyxy = cxcywh_to_xyxy(boxes_i[index // self.num_classes])
-            xyxy = xyxy * xyxy.new_tensor([w, h, w, h])
+            top, index = scores_i.flatten().topk(k)
+            xyxy = cxcywh_to_xyxy(boxes_i[index // num_classes]) * boxes_i.new_tensor([w, h, w, h])
             xyxy[:, 0::2] = xyxy[:, 0::2].clamp(min=0, max=w)
             xyxy[:, 1::2] = xyxy[:, 1::2].clamp(min=0, max=h)
-            results.append({"boxes": xyxy, "scores": scores, "labels": index % self.num_classes})
+            results.append({"boxes": xyxy, "scores": top, "labels": index % num_classes})
         return results
 
 

@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdforge.models.detection._dense_head import reduce_mean
-from kdforge.models.detection.boxes import cxcywh_to_xyxy, inverse_sigmoid, xyxy_to_cxcywh
-from kdforge.models.detection.det_losses import giou_loss, l1_loss, weight_reduce
+from kdforge.models.detection.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
+from kdforge.models.detection.det_losses import weight_reduce
 from kdforge.models.detection.dino_denoising import target_img_shapes
 from kdforge.models.detection.dino_head import DINOHead
 from kdforge.models.detection.grounding_head import ContrastiveEmbed, token_to_class_scores
@@ -109,84 +108,38 @@ class GroundingDINOHead(DINOHead):
     ) -> tuple[Tensor, Tensor]:
         """``(B, Q, D)`` states, ``(B, Q, 4)`` references, text ``(B, T, D)`` and ``(B, T)``
         real-token mask -> ``(B, Q, max_text_len)`` logits and ``(B, Q, 4)`` sigmoid boxes."""
-        offset = self.reg_branches[layer](state)
-        cls = self.cls_branches[layer](state, text, text_mask)
-        return cls, (offset + inverse_sigmoid(reference)).sigmoid()
+        return super().layer_outputs(layer, state, reference, text, text_mask)
 
     def forward(
         self, hidden_states: Tensor, references: Tensor, text: Tensor, text_mask: Tensor
     ) -> tuple[Tensor, Tensor]:
         """``(L, B, Q, D)`` states -> ``(L, B, Q, max_text_len)`` logits, ``(L, B, Q, 4)`` boxes."""
-        outs = [
-            self.layer_outputs(i, s, references[i], text, text_mask)
-            for i, s in enumerate(hidden_states)
-        ]
-        return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
+        return super().forward(hidden_states, references, text, text_mask)
 
-    def _token_loss(
-        self, cls: Tensor, boxes: Tensor, targets: Sequence[_Targets], shapes, text_mask: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Focal loss on the real tokens, L1 and GIoU, weighted (``loss_by_feat_single``)."""
+    def _cls_loss(
+        self, cls: Tensor, targets: Sequence[_Targets], avg_factor: float, text_mask: Tensor
+    ) -> Tensor:
+        """Binary focal loss of ``(B, Q, L)`` logits on the real tokens (``text_mask``
+        ``(B, T)``) against the targets' token maps."""
         labels = torch.stack([t[0] for t in targets])  # (B, Q, L)
-        bbox_targets = torch.cat([t[1] for t in targets])
-        bbox_weights = torch.cat([t[2] for t in targets])
-        num_pos = float(sum(t[3] for t in targets))
-        cls_avg = cls.new_tensor(num_pos)
-        if self.sync_cls_avg_factor:
-            cls_avg = reduce_mean(cls_avg)
-        cls_avg = max(cls_avg.item(), 1.0)
         slots = F.pad(text_mask, (0, self.max_text_len - text_mask.shape[1]))  # (B, L)
         keep = slots[:, None, :].expand_as(cls)
-        loss_cls = binary_focal_loss(
-            cls[keep], labels[keep], self.focal_gamma, self.focal_alpha, cls_avg
+        return binary_focal_loss(
+            cls[keep], labels[keep], self.focal_gamma, self.focal_alpha, avg_factor
         )
-        box_avg = reduce_mean(cls.new_tensor(num_pos)).clamp(min=1).item()
-        factors = torch.cat(
-            [boxes.new_tensor([w, h, w, h]).expand(boxes.shape[1], 4) for h, w in shapes]
-        )
-        preds = boxes.reshape(-1, 4)
-        loss_iou = giou_loss(
-            cxcywh_to_xyxy(preds) * factors,
-            cxcywh_to_xyxy(bbox_targets) * factors,
-            bbox_weights.mean(-1),
-            avg_factor=box_avg,
-        )
-        loss_bbox = l1_loss(preds, bbox_targets, bbox_weights, avg_factor=box_avg)
-        w_cls, w_bbox, w_iou = self.loss_weights
-        return w_cls * loss_cls, w_bbox * loss_bbox, w_iou * loss_iou
 
-    def _matching_targets(self, cls, boxes, gts, shapes, text_mask: Tensor) -> list[_Targets]:
-        """Hungarian token-map targets per image (``gts`` carry ``"token_maps"``)."""
-        out = []
-        for i, (gt, (h, w)) in enumerate(zip(gts, shapes, strict=True)):
-            gt_boxes, maps = gt["boxes"].to(boxes), gt["token_maps"].to(boxes)
-            real = text_mask[i].nonzero().squeeze(1)
-            gt_inds = self.assigner.assign(
-                cls[i][:, real], boxes[i], gt_boxes, maps[:, real], (h, w)
-            )
-            pos = (gt_inds > 0).nonzero().squeeze(1)
-            matched = gt_inds[pos] - 1
-            labels = boxes.new_zeros(boxes.shape[1], self.max_text_len)
-            labels[pos] = maps[matched]
-            bbox_targets = boxes.new_zeros(boxes.shape[1], 4)
-            bbox_weights = boxes.new_zeros(boxes.shape[1], 4)
-            bbox_targets[pos] = xyxy_to_cxcywh(gt_boxes[matched] / boxes.new_tensor([w, h, w, h]))
-            bbox_weights[pos] = 1.0
-            out.append((labels, bbox_targets, bbox_weights, pos.numel()))
-        return out
+    def _assign(self, cls, boxes, gt, img_shape, text_mask: Tensor) -> Tensor:
+        """Hungarian ``gt_inds`` on the real tokens (``text_mask`` ``(T,)``) of one image."""
+        real = text_mask.nonzero().squeeze(1)
+        maps = gt["token_maps"].to(boxes)[:, real]
+        return self.assigner.assign(cls[:, real], boxes, gt["boxes"].to(boxes), maps, img_shape)
 
-    def _denoising_token_targets(self, num_dn, groups, gts, shapes, like) -> list[_Targets]:
-        """DINO's denoising layout (``_get_dn_targets_single``) with token-map targets: the
-        positive query of box ``j`` in group ``g`` targets that box's token map."""
-        out = []
-        for gt, found in zip(
-            gts, self._denoising_targets(num_dn, groups, gts, shapes, like), strict=True
-        ):
-            tokens = like.new_zeros(num_dn, self.max_text_len)
-            pos = (found[0] != self.num_classes).nonzero().squeeze(1)  # group-major, ascending
-            tokens[pos] = gt["token_maps"].to(like).repeat(groups, 1)
-            out.append((tokens, *found[1:]))
-        return out
+    def _class_targets(self, gt, pos, matched, num_queries, like) -> Tensor:
+        """``(num_queries, max_text_len)`` 0/1 token targets: query ``pos[j]`` gets the token
+        map of box ``matched[j]``, the others none."""
+        tokens = like.new_zeros(num_queries, self.max_text_len)
+        tokens[pos] = gt["token_maps"].to(like)[matched]
+        return tokens
 
     def loss(
         self,
@@ -205,31 +158,16 @@ class GroundingDINOHead(DINOHead):
         ``(B, T, D)`` and ``text_mask`` ``(B, T)`` True on real tokens."""
         shapes = target_img_shapes(targets, image_size)
         all_cls, all_boxes = self(hidden_states, references, text, text_mask)
-        all_cls, all_boxes = all_cls.float(), all_boxes.float()
-        num_dn = dn_meta["num_denoising_queries"] if dn_meta is not None else 0
-        losses: dict[str, Tensor] = {}
-        num_layers = all_cls.shape[0]
-
-        def run(cls: Tensor, boxes: Tensor, prefix: str, found=None) -> None:
-            if found is None:
-                found = self._matching_targets(cls, boxes, targets, shapes, text_mask)
-            values = self._token_loss(cls, boxes, found, shapes, text_mask)
-            names = (f"{prefix}_cls", f"{prefix}_bbox", f"{prefix}_iou")
-            losses.update(zip(names, values, strict=True))
-
-        for layer in range(num_layers):
-            prefix = "" if layer == num_layers - 1 else f"d{layer}."
-            run(all_cls[layer, :, num_dn:], all_boxes[layer, :, num_dn:], f"{prefix}loss")
-        if enc_outputs_class is not None:
-            run(enc_outputs_class.float(), enc_outputs_coord.float(), "enc_loss")
-        if dn_meta is not None and num_dn > 0:
-            groups = dn_meta["num_denoising_groups"]
-            dn = self._denoising_token_targets(num_dn, groups, targets, shapes, all_boxes)
-            for layer in range(num_layers):
-                prefix = "" if layer == num_layers - 1 else f"d{layer}."
-                cls, boxes = all_cls[layer, :, :num_dn], all_boxes[layer, :, :num_dn]
-                run(cls, boxes, f"{prefix}dn_loss", dn)
-        return losses
+        return self._losses(
+            all_cls,
+            all_boxes,
+            enc_outputs_class,
+            enc_outputs_coord,
+            targets,
+            dn_meta,
+            shapes,
+            text_mask,
+        )
 
     @torch.no_grad()
     def predict(
@@ -248,14 +186,5 @@ class GroundingDINOHead(DINOHead):
         cls, boxes = self.layer_outputs(
             last, hidden_states[last], references[last], text, text_mask
         )
-        scores_all = token_to_class_scores(cls.float().sigmoid(), positive_map.to(cls.device))
-        num_classes = positive_map.shape[0]
-        results = []
-        for scores_i, boxes_i, (h, w) in zip(scores_all, boxes.float(), image_sizes, strict=True):
-            k = min(self.max_per_img, scores_i.numel())
-            scores, index = scores_i.flatten().topk(k)
-            xyxy = cxcywh_to_xyxy(boxes_i[index // num_classes]) * boxes_i.new_tensor([w, h, w, h])
-            xyxy[:, 0::2] = xyxy[:, 0::2].clamp(min=0, max=w)
-            xyxy[:, 1::2] = xyxy[:, 1::2].clamp(min=0, max=h)
-            results.append({"boxes": xyxy, "scores": scores, "labels": index % num_classes})
-        return results
+        scores = token_to_class_scores(cls.float().sigmoid(), positive_map.to(cls.device))
+        return self._top_detections(scores, boxes.float(), image_sizes)
