@@ -37,6 +37,7 @@ from kdforge.models._registry import list_models
 from kdforge.models.detection._grounding_convert import (
     BERT_PREFIX,
     GROUNDING_FLAGS,
+    dino_kwargs,
     drop_unkept_bert_keys,
     grounding_dino_kwargs,
 )
@@ -194,25 +195,6 @@ def _detect_reppoints(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
     }
 
 
-def _detect_dino(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
-    """DINO-4scale: classes, queries, width, layer counts and FFN width from the weights."""
-    name = f"dino_4scale_{_backbone_name(state)}"
-    if name not in list_models("detection"):
-        raise CheckpointError(
-            f"no registered DINO detector {name!r} for this checkpoint; registered: "
-            + ", ".join(n for n in list_models("detection") if n.startswith("dino"))
-        )
-    queries = state["query_embedding.weight"]
-    return name, {
-        "num_classes": state["bbox_head.cls_branches.0.weight"].shape[0],
-        "num_queries": queries.shape[0],
-        "embed_dims": queries.shape[1],
-        "num_encoder_layers": _count(state, r"encoder\.layers\.(\d+)\."),
-        "num_decoder_layers": _count(state, r"decoder\.layers\.(\d+)\."),
-        "feedforward_channels": state["encoder.layers.0.ffn.layers.0.0.weight"].shape[0],
-    }
-
-
 def detect_mmdet_model(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
     """The registered name and builder keywords of the detector a state dict describes.
 
@@ -228,7 +210,7 @@ def detect_mmdet_model(state: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
     if f"{BERT_PREFIX}embeddings.word_embeddings.weight" in state:
         return grounding_dino_kwargs(state, _backbone_name(state))
     if "dn_query_generator.label_embedding.weight" in state:
-        return _detect_dino(state)
+        return dino_kwargs(state, _backbone_name(state))
     kind = next((k for p, k in _HEAD_KINDS.items() if f"bbox_head.{p}.weight" in state), None)
     if kind is None:
         raise CheckpointError(
