@@ -1,34 +1,32 @@
-"""A small DINO R18 overfits three generated shapes images to COCO AP > 0.9."""
+"""A small DINO R18, and a tiny Grounding DINO R18 (tiny BERT) given the class names, overfit
+three generated shapes images to COCO AP > 0.9."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
 
-from kdforge.data.coco import CocoDetection
-from kdforge.data.presets import detection_eval
-from kdforge.data.shapes import write_shapes_dataset
-from kdforge.engine.eval.detection import evaluate_coco
+from kdforge.data.shapes import SHAPE_CLASSES
 from kdforge.models import create_model
 
 
-def test_dino_overfits_three_shapes_images(tmp_path: Path) -> None:
-    root = write_shapes_dataset(
-        tmp_path, num_train=3, num_val=0, image_size=(96, 96), max_objects=2, crowd_prob=0.0, seed=3
-    )
-    data = CocoDetection(
-        root / "train", root / "annotations/instances_train.json", detection_eval((96, 96))
-    )
-    images = torch.stack([data[i][0] for i in range(3)])
-    targets = [data[i][1] for i in range(3)]
+@pytest.mark.parametrize("name", ["dino_4scale_r18", "grounding_dino_r18"])
+def test_overfits_three_shapes_images(name: str, three_shapes, request) -> None:
+    text = {}
+    if name.startswith("grounding"):  # the class names are the text prompt
+        text = {
+            "class_names": list(SHAPE_CLASSES),
+            "text_folder": request.getfixturevalue("tiny_bert"),
+            "text_feedforward_channels": 64,
+            "fusion_embed_dim": 64,
+            "max_text_len": 16,
+        }
     torch.manual_seed(0)
     # 30 queries, 2 + 2 layers of width 64, 5 denoising groups; the backbone frozen (its
     # optimizer step and backward were 2/3 of a step's time on one core)
     model = create_model(
-        "dino_4scale_r18",
-        num_classes=data.num_classes,
+        name,
+        num_classes=three_shapes.data.num_classes,
         num_queries=30,
         embed_dims=64,
         num_encoder_layers=2,
@@ -36,24 +34,14 @@ def test_dino_overfits_three_shapes_images(tmp_path: Path) -> None:
         feedforward_channels=128,
         num_dn_queries=10,
         frozen_stages=4,
+        **text,
     ).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
-    history = []
-    for step in range(1, 151):
-        losses = model.loss(model(images), targets, (96, 96))
-        assert {"loss_cls", "enc_loss_iou", "dn_loss_bbox", "d0.dn_loss_cls"} <= set(losses)
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
-        if step >= 50 and step % 25 == 0:
-            model.eval()
-            with torch.no_grad():
-                dets = model.predict(model(images), [t["img_shape"] for t in targets])
-            model.train()
-            assert all(len(d["scores"]) == 30 * data.num_classes for d in dets)  # 120 < 300
-            preds = [{"image_id": t["image_id"], **d} for t, d in zip(targets, dets, strict=True)]
-            history.append((step, evaluate_coco(preds, data)["AP"]))
-            if history[-1][1] > 0.9:
-                return
-    pytest.fail(f"COCO AP (step, AP) {history} never above 0.9; last losses {losses}")
+    three_shapes.overfit(
+        model,
+        optimizer,
+        range(50, 151, 25),
+        loss_keys={"loss_cls", "enc_loss_iou", "dn_loss_bbox", "d0.dn_loss_cls"},
+        num_dets=30 * three_shapes.data.num_classes,  # 120 < 300
+    )
