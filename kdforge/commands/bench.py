@@ -1,13 +1,15 @@
 """``kdforge bench``: the speed and memory of a training step, per method and teacher option.
 
-Three groups, each a teacher → student pair on random inputs of the task's usual kind:
+Groups, each a teacher → student pair on random inputs of the task's usual kind:
 
 * ``cifar``: resnet32x4 → resnet8x4, 32×32 — KD (and KD with each teacher option), DKD,
   CAT-KD (and truncated), and KD and CAT-KD trained from a teacher cache (the stored logits,
   or pooled CAMs, come with the batch; reading them is the DataLoader workers' job and is
   not timed);
 * ``imagenet``: vit_ti_16 → resnet18, 224×224 — CAKD;
-* ``coco``: gfl_r50_fpn → gfl_r18_fpn, 256×256 — CrossKD, CanKD, PKD (truncated teacher).
+* ``coco``: gfl_r50_fpn → gfl_r18_fpn, 256×256 — CrossKD, CanKD, PKD (truncated teacher);
+* ``coco-dino``: dino_4scale_r101 → dino_4scale_r50, one 320×320 image, 900 queries — CanKD
+  on neck levels 0-2 (truncated teacher).
 
 Each group also times a student-only step (its task loss through a teacher-less
 :class:`~kdforge.Distiller`) and a teacher forward (eval, ``torch.no_grad``). A step is
@@ -86,6 +88,10 @@ GROUPS = {
     ),
     # CrossKD's heterogeneous row: a transformer teacher, a CNN student
     "coco-swin": Group("retinanet_swin_t_fpn", "retinanet_r50_fpn", (256, 256), 2, 80, "detection"),
+    # CanKD's DINO row at a CPU size (900 queries, as the recipes; forward stops at the neck,
+    # so "teacher forward" is the R-101 backbone and neck, and the student's transformer,
+    # matching and denoising run in its detection loss)
+    "coco-dino": Group("dino_4scale_r101", "dino_4scale_r50", (320, 320), 1, 80, "detection"),
 }
 
 KD: Terms = {"ce": {"weight": 0.1}, "kd": {"weight": 0.9}}
@@ -127,6 +133,14 @@ CASES = [
     Case("coco-swin", "student"),
     Case("coco-swin", "teacher forward"),
     Case("coco-swin", "CrossKD", {"detection": {}, "crosskd": {"stage": 3}}),
+    Case("coco-dino", "student"),
+    Case("coco-dino", "teacher forward"),
+    Case(
+        "coco-dino",
+        "CanKD, truncated teacher",  # nlkd_dino-r101_dino-r50_12e_coco: neck levels 0-2
+        {"detection": {}, "cankd": {"student_layers": [f"neck.convs.{i}" for i in range(3)]}},
+        {"truncate_teacher": True},
+    ),
 ]
 
 
