@@ -1,13 +1,22 @@
-"""Shared fixtures: small generated data sets in the standard on-disk formats."""
+"""Shared fixtures: small generated data sets in the standard on-disk formats, and a detection
+recipe run two steps on them."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import DictConfig
 
+from kdforge.config import load_config
 from kdforge.data import write_fake_cifar
+from kdforge.data.shapes import write_shapes_dataset
+from kdforge.engine.build import build_trainer
+from kdforge.engine.trainer import Trainer
 
 # tests/interop/ needs torchvision, timm and transformers, which the main environment's torch
 # cannot import: `make test-interop` runs it in .venv-interop with KDFORGE_INTEROP=1.
@@ -72,3 +81,52 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory):
     torch.manual_seed(0)
     transformers.BertModel(config, add_pooling_layer=False).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, ...]:
+    """Overrides pointing a COCO detection recipe at generated shapes (4 train, 2 val images of
+    96x96), for ``recipe_run``."""
+    root = tmp_path_factory.mktemp("shapes")
+    root = write_shapes_dataset(root, num_train=4, num_val=2, image_size=(96, 96))
+    return (f"data.root={root}", "data.options.train_split=train", "data.options.val_split=val")
+
+
+class RecipeRun:
+    """A detection recipe trained two steps at 96 px, offline, into ``out_dir``/run; ``cfg``
+    is the config ``trainer`` built."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.cfg: DictConfig | None = None
+
+    def trainer(self, recipe: Path, data: Sequence[str], *overrides: str) -> Trainer:
+        """The recipe's trainer: ``data`` (where the data set is), the two-step settings, then
+        ``overrides`` (which may change them)."""
+        two_steps = [
+            "data.options.scale=[96,96]",
+            "data.batch_size=2",
+            "data.num_workers=0",
+            "teacher.pretrained=null",
+            "student.kwargs.backbone_pretrained=null",  # no ImageNet weights offline
+            "train.check_teacher=false",
+            "train.max_steps=2",
+            "train.max_eval_batches=1",
+            f"train.out_dir={self.out_dir}",
+            "train.name=run",
+        ]
+        self.cfg = load_config(recipe, [*data, *two_steps, *overrides])
+        return build_trainer(self.cfg, "test")
+
+    def last_record(self) -> dict[str, float]:
+        """The run's last training record, checked to be step 2's."""
+        lines = (self.out_dir / "run" / "log.jsonl").read_text().splitlines()
+        train = [r for r in map(json.loads, lines) if r["kind"] == "train"]
+        assert train and train[-1]["step"] == 2
+        return train[-1]
+
+
+@pytest.fixture
+def recipe_run(tmp_path: Path) -> RecipeRun:
+    """Runs a detection recipe two steps into ``tmp_path``; see ``RecipeRun``."""
+    return RecipeRun(tmp_path)

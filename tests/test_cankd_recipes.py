@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -232,22 +231,9 @@ def test_segmentation_recipe_numbers(name: str):
 
 
 @pytest.fixture(scope="module")
-def det_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    return write_shapes_dataset(root, num_train=4, num_val=2, image_size=(96, 96))
-
-
-@pytest.fixture(scope="module")
 def seg_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("shapes_seg")
     return write_shapes_dataset(root, num_train=4, num_val=2, image_size=(64, 64))
-
-
-def _train_losses(tmp_path: Path) -> dict[str, float]:
-    lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
-    train = [r for r in map(json.loads, lines) if r["kind"] == "train"]
-    assert train and train[-1]["step"] == 2
-    return train[-1]
 
 
 def _check_terms(record: dict[str, float], terms: dict) -> None:
@@ -260,29 +246,16 @@ def _check_terms(record: dict[str, float], terms: dict) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(DETECTION))
-def test_detection_recipe_trains_two_steps(name: str, det_root: Path, tmp_path: Path):
-    overrides = [
-        f"data.root={det_root}",
-        "data.options.train_split=train",
-        "data.options.val_split=val",
-        "data.options.scale=[96,96]",
-        "data.batch_size=2",
-        "data.num_workers=0",
-        "teacher.pretrained=null",
-        "student.kwargs.backbone_pretrained=null",  # no ImageNet weights offline
-        "train.check_teacher=false",
-        "train.max_steps=2",
-        "train.max_eval_batches=1",
-        f"train.out_dir={tmp_path}",
-        "train.name=run",
-    ]
-    trainer = build_trainer(load_config(CONFIGS / "coco" / "cankd" / name, overrides), "test")
+def test_detection_recipe_trains_two_steps(name: str, shapes_data: tuple[str, ...], recipe_run):
+    trainer = recipe_run.trainer(CONFIGS / "coco" / "cankd" / name, shapes_data)
     assert 0.0 <= trainer.fit()["AP"] <= 1.0
-    _check_terms(_train_losses(tmp_path), DETECTION[name][3])
+    _check_terms(recipe_run.last_record(), DETECTION[name][3])
 
 
 @pytest.mark.parametrize("name", sorted(SEGMENTATION))
-def test_segmentation_recipe_trains_two_steps(name: str, seg_root: Path, tmp_path: Path):
+def test_segmentation_recipe_trains_two_steps(
+    name: str, seg_root: Path, tmp_path: Path, recipe_run
+):
     classes = "[" + ", ".join(SEMANTIC_CLASSES) + "]"
     overrides = [
         "data.name=segfolder",
@@ -302,4 +275,4 @@ def test_segmentation_recipe_trains_two_steps(name: str, seg_root: Path, tmp_pat
     ]
     trainer = build_trainer(load_config(CONFIGS / "cityscapes" / "cankd" / name, overrides), "test")
     assert 0.0 <= trainer.fit()["mIoU"] <= 100.0
-    _check_terms(_train_losses(tmp_path), SEGMENTATION[name][3])
+    _check_terms(recipe_run.last_record(), SEGMENTATION[name][3])

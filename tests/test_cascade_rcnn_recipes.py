@@ -3,7 +3,6 @@ steps on the shapes data with instance masks (box and mask losses of every stage
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -11,8 +10,6 @@ import pytest
 from omegaconf import OmegaConf
 
 from kdforge.config import load_config
-from kdforge.data.shapes import write_shapes_dataset
-from kdforge.engine.build import build_trainer
 
 FOLDER = Path(__file__).resolve().parents[1] / "kdforge" / "recipes" / "coco" / "cascade_rcnn"
 RECIPE = FOLDER / "cascade-mask-rcnn_x101-64x4d_fpn_1x.yaml"
@@ -54,27 +51,10 @@ def test_recipe_keeps_mmdetection_config_and_numbers():
     assert schedule.warmup_factor == 0.001
 
 
-def test_recipe_trains_two_steps_with_masks(tmp_path: Path):
-    root = write_shapes_dataset(tmp_path / "shapes", num_train=4, num_val=2, image_size=(96, 96))
-    overrides = [
-        f"data.root={root}",
-        "data.options.train_split=train",
-        "data.options.val_split=val",
-        "data.options.scale=[96,96]",
-        "data.num_workers=0",
-        "student.kwargs.backbone_pretrained=null",  # no ImageNet weights offline
-        "train.max_steps=2",
-        "train.max_eval_batches=1",
-        f"train.out_dir={tmp_path}",
-        "train.name=run",
-    ]
-    trainer = build_trainer(load_config(RECIPE, overrides), "test")
-    metrics = trainer.fit()
+def test_recipe_trains_two_steps_with_masks(shapes_data: tuple[str, ...], recipe_run):
+    metrics = recipe_run.trainer(RECIPE, shapes_data).fit()
     assert 0.0 <= metrics["AP"] <= 1.0 and 0.0 <= metrics["segm_AP"] <= 1.0
-    records = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    train = [r for r in records if r["kind"] == "train"]
-    assert train and train[-1]["step"] == 2
-    losses = {k: v for k, v in train[-1].items() if k.startswith("detection.")}
+    losses = {k: v for k, v in recipe_run.last_record().items() if k.startswith("detection.")}
     for stage in range(3):
         assert {f"detection.s{stage}_{k}" for k in ("cls", "bbox", "mask")} <= set(losses)
     assert all(math.isfinite(v) for v in losses.values())

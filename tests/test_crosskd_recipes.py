@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -10,8 +9,6 @@ import pytest
 from omegaconf import OmegaConf
 
 from kdforge.config import load_config
-from kdforge.data.shapes import write_shapes_dataset
-from kdforge.engine.build import build_trainer
 
 COCO = Path(__file__).resolve().parents[1] / "kdforge" / "recipes" / "coco"
 # stem -> (official config stem, AP teacher/student/CrossKD/CrossKD+PKD (None: not in the
@@ -131,50 +128,27 @@ def test_recipe_keeps_the_official_numbers(name: str) -> None:
         assert cfg.data.batch_size == (8 if stem.startswith("atss") else 2)
 
 
-@pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    return write_shapes_dataset(root, num_train=4, num_val=2, image_size=(96, 96))
-
-
 @pytest.mark.parametrize("name", RECIPES)
-def test_recipe_trains_two_steps(name: str, shapes_root: Path, tmp_path: Path) -> None:
+def test_recipe_trains_two_steps(name: str, shapes_data: tuple[str, ...], recipe_run) -> None:
     cfg = load_config(COCO / name)
     kind = cfg.student.name.split("_")[0]
     small = "{fpn_channels: 32, feat_channels: 64}"  # narrow R-18 (GN 32 on 1x1 P7 needs 64)
     overrides = [
-        f"data.root={shapes_root}",
-        "data.options.train_split=train",
-        "data.options.val_split=val",
-        "data.options.scale=[96,96]",
-        "data.batch_size=2",
-        "data.num_workers=0",
         f"teacher.name={kind}_r18_fpn",
         f"student.name={kind}_r18_fpn",
         f"teacher.kwargs={small}",
         f"student.kwargs={small}",
-        "student.kwargs.backbone_pretrained=null",  # no ImageNet weights offline
-        "teacher.pretrained=null",
-        "train.check_teacher=false",
-        "train.max_steps=2",
-        "train.max_eval_batches=1",
-        f"train.out_dir={tmp_path}",
-        "train.name=run",
+        "student.kwargs.backbone_pretrained=null",  # no ImageNet weights (after the kwargs)
     ]
     if "train_scales" in cfg.data.options:
         overrides.append("data.options.train_scales=null")
-    trainer = build_trainer(load_config(COCO / name, overrides), "test")
-    metrics = trainer.fit()
+    metrics = recipe_run.trainer(COCO / name, shapes_data, *overrides).fit()
     assert 0.0 <= metrics["AP"] <= 1.0
-    records = [
-        json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
-    ]
-    train = [r for r in records if r["kind"] == "train"]
-    assert train and train[-1]["step"] == 2
+    record = recipe_run.last_record()
     expected = {"crosskd.cls", "crosskd.reg", "detection.cls"}
     if kind == "atss":
         expected.add("crosskd.center")
     if "pkd" in cfg.loss:
         expected.add("pkd")
-    assert expected <= set(train[-1])
-    assert all(math.isfinite(train[-1][k]) for k in expected)
+    assert expected <= set(record)
+    assert all(math.isfinite(record[k]) for k in expected)

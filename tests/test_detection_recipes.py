@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -10,8 +9,6 @@ import pytest
 from omegaconf import OmegaConf
 
 from kdforge.config import load_config
-from kdforge.data.shapes import write_shapes_dataset
-from kdforge.engine.build import build_trainer
 
 COCO = Path(__file__).resolve().parents[1] / "kdforge" / "recipes" / "coco"
 # recipe (relative to configs/coco) -> (epochs, mmdetection config, README box AP)
@@ -68,7 +65,15 @@ def test_every_expected_recipe_is_shipped():
         str(p.relative_to(COCO))
         for p in COCO.rglob("*.yaml")
         # these folders have test files of their own
-        if not {"cankd", "crosskd", "crosskd_pkd", "reppoints", "cascade_rcnn", "dino"}
+        if not {
+            "cankd",
+            "crosskd",
+            "crosskd_pkd",
+            "reppoints",
+            "cascade_rcnn",
+            "dino",
+            "grounding_dino",
+        }
         & set(p.parts)
         if "swin" not in p.name  # tests/test_swin_recipes.py
     } == set(EXPECTED)
@@ -117,44 +122,18 @@ def test_recipe_keeps_mmdetection_numbers(name: str):
     assert cfg.train.name is None and cfg.train.amp == "none"
 
 
-@pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    return write_shapes_dataset(root, num_train=4, num_val=2, image_size=(96, 96))
-
-
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_recipe_trains_two_steps(name: str, shapes_root: Path, tmp_path: Path):
-    overrides = [
-        f"data.root={shapes_root}",
-        "data.options.train_split=train",
-        "data.options.val_split=val",
-        "data.options.scale=[96,96]",
-        "data.options.train_scales=null",
-        "data.batch_size=2",
-        "data.num_workers=0",
-        "teacher.pretrained=null",
-        "student.pretrained=null",
-        "student.kwargs.backbone_pretrained=null",  # no ImageNet weights offline
-        "train.max_steps=2",
-        "train.max_eval_batches=1",
-        f"train.out_dir={tmp_path}",
-        "train.name=run",
-    ]
-    cfg = load_config(COCO / name, overrides)
-    trainer = build_trainer(cfg, "test")
+def test_recipe_trains_two_steps(name: str, shapes_data: tuple[str, ...], recipe_run):
+    overrides = ["data.options.train_scales=null", "student.pretrained=null"]
+    trainer = recipe_run.trainer(COCO / name, shapes_data, *overrides)
     # linear scaling: 0.01 (0.02) at 16 images -> 0.00125 (0.0025) at 2 (biases x bias_lr_mult)
     lr = LR.get(name.split("/")[0], 0.01) * 2 / 16
     base_lrs = sorted({group["initial_lr"] for group in trainer.optimizer.param_groups})
-    assert base_lrs == pytest.approx(sorted({lr * m for m in {1.0, cfg.optim.bias_lr_mult}}))
+    bias_lr_mult = recipe_run.cfg.optim.bias_lr_mult
+    assert base_lrs == pytest.approx(sorted({lr * m for m in {1.0, bias_lr_mult}}))
     metrics = trainer.fit()
     assert 0.0 <= metrics["AP"] <= 1.0 and metrics["count"] == 1  # one batch of one image
-    records = [
-        json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
-    ]
-    train = [r for r in records if r["kind"] == "train"]
-    assert train and train[-1]["step"] == 2
-    losses = {k: v for k, v in train[-1].items() if k.startswith("detection.")}
+    losses = {k: v for k, v in recipe_run.last_record().items() if k.startswith("detection.")}
     assert {"detection.cls", "detection.bbox"} <= set(losses)
     if name.startswith("faster_rcnn/"):  # the RPN's losses too
         assert {"detection.rpn_cls", "detection.rpn_bbox"} <= set(losses)

@@ -3,7 +3,6 @@ numbers and settings, and each trains two steps on shapes."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -12,8 +11,6 @@ import torch
 from omegaconf import OmegaConf
 
 from kdforge.config import load_config
-from kdforge.data.shapes import write_shapes_dataset
-from kdforge.engine.build import build_trainer
 from kdforge.errors import ConfigError
 
 COCO = Path(__file__).resolve().parents[1] / "kdforge" / "recipes" / "coco"
@@ -80,35 +77,15 @@ def test_recipe_settings(name: str):
         load_config(COCO / name, ["optim.lr_mults={backbone: -1}"])
 
 
-@pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    return write_shapes_dataset(root, num_train=4, num_val=2, image_size=(96, 96))
-
-
 @pytest.mark.parametrize("name", sorted(RECIPES))
-def test_recipe_trains_two_steps(name: str, shapes_root: Path, tmp_path: Path):
-    overrides = [
-        f"data.root={shapes_root}",
-        "data.options.train_split=train",
-        "data.options.val_split=val",
-        "data.options.scale=[96,96]",
+def test_recipe_trains_two_steps(name: str, shapes_data: tuple[str, ...], recipe_run):
+    trainer = recipe_run.trainer(
+        COCO / name,
+        shapes_data,
         "data.options.augment=resize_flip",  # 96 px images, not DETR's 480-1333
-        "data.num_workers=0",
-        "teacher.pretrained=null",
-        "student.kwargs.backbone_pretrained=null",  # no ImageNet weights offline
         "student.kwargs.num_queries=100",  # 96 px images give 193 encoder positions < 900
-        *(
-            ["teacher.kwargs.num_queries=100", "train.check_teacher=false"]
-            if RECIPES[name][2]
-            else []
-        ),
-        "train.max_steps=2",
-        "train.max_eval_batches=1",
-        f"train.out_dir={tmp_path}",
-        "train.name=run",
-    ]
-    trainer = build_trainer(load_config(COCO / name, overrides), "test")
+        *(["teacher.kwargs.num_queries=100"] if RECIPES[name][2] else []),
+    )
     backbone = {id(p) for n, p in trainer.distiller.named_parameters() if ".backbone." in n}
     for group in trainer.optimizer.param_groups:  # 1e-4 at 16 images -> 1.25e-5 at 2
         lr = 1e-4 * 2 / 16 * (0.1 if id(group["params"][0]) in backbone else 1.0)
@@ -119,10 +96,8 @@ def test_recipe_trains_two_steps(name: str, shapes_root: Path, tmp_path: Path):
         for key, value in student.neck.state_dict().items():
             assert torch.equal(value, teacher.neck.state_dict()[key]), key
     assert 0.0 <= trainer.fit()["AP"] <= 1.0
-    lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
-    train = [r for r in map(json.loads, lines) if r["kind"] == "train"]
-    assert train and train[-1]["step"] == 2
+    record = recipe_run.last_record()
     for key in ["loss_cls", "dn_loss_iou", "enc_loss_bbox"]:
-        assert any(math.isfinite(v) for k, v in train[-1].items() if k.endswith(key)), key
+        assert any(math.isfinite(v) for k, v in record.items() if k.endswith(key)), key
     if RECIPES[name][2] is not None:
-        assert all(math.isfinite(train[-1][f"cankd.{level}"]) for level in LEVELS)
+        assert all(math.isfinite(record[f"cankd.{level}"]) for level in LEVELS)

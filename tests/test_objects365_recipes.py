@@ -3,7 +3,6 @@ generated data set in mmdetection's Objects365 v2 layout."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -13,7 +12,6 @@ from omegaconf import OmegaConf
 
 from kdforge.config import load_config
 from kdforge.data.objects365 import write_objects365v2_dataset
-from kdforge.engine.build import build_trainer
 
 O365 = Path(__file__).resolve().parents[1] / "kdforge" / "recipes" / "objects365v2"
 CONFIGS = "CanKD configs/"
@@ -80,20 +78,8 @@ def o365_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_recipe_trains_two_steps(name: str, o365_root: Path, tmp_path: Path):
-    overrides = [
-        f"data.root={o365_root}",
-        "data.options.scale=[96,96]",
-        "data.num_workers=0",
-        "teacher.pretrained=null",
-        "student.kwargs.backbone_pretrained=null",  # no ImageNet weights offline
-        "train.check_teacher=false",
-        "train.max_steps=2",
-        "train.max_eval_batches=1",
-        f"train.out_dir={tmp_path}",
-        "train.name=run",
-    ]
-    trainer = build_trainer(load_config(O365 / name, overrides), "test")
+def test_recipe_trains_two_steps(name: str, o365_root: Path, recipe_run):
+    trainer = recipe_run.trainer(O365 / name, [f"data.root={o365_root}"])
     student = trainer.model.student
     assert student.bbox_head.retina_cls.out_channels == 9 * 365  # 9 anchors x 365 classes
     _, _, teacher, lr, batch, loss = EXPECTED[name]
@@ -105,8 +91,6 @@ def test_recipe_trains_two_steps(name: str, o365_root: Path, tmp_path: Path):
             if key.startswith(("neck.", "bbox_head.")):
                 assert torch.equal(value, tensors[key]), key
     assert 0.0 <= trainer.fit()["AP"] <= 1.0
-    lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
-    record = [r for r in map(json.loads, lines) if r["kind"] == "train"][-1]
-    assert record["step"] == 2
+    record = recipe_run.last_record()
     terms = ["detection.cls", "detection.bbox"] + [f"cankd.{p}" for p in FPN4 if "cankd" in loss]
     assert all(math.isfinite(record[term]) and record[term] >= 0 for term in terms)

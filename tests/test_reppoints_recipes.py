@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -11,8 +10,6 @@ import pytest
 from omegaconf import OmegaConf
 
 from kdforge.config import load_config
-from kdforge.data.shapes import write_shapes_dataset
-from kdforge.engine.build import build_trainer
 
 FOLDER = Path(__file__).resolve().parents[1] / "kdforge" / "recipes" / "coco" / "reppoints"
 # recipe -> (mmdetection config, README box AP, model, ImageNet backbone file)
@@ -71,32 +68,10 @@ def test_recipe_keeps_mmdetection_numbers(name: str) -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_shapes_dataset(
-        tmp_path_factory.mktemp("shapes"), num_train=4, num_val=2, image_size=(96, 96)
-    )
-
-
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_recipe_trains_two_steps(name: str, shapes_root: Path, tmp_path: Path) -> None:
-    overrides = [
-        f"data.root={shapes_root}",
-        "data.options.train_split=train",
-        "data.options.val_split=val",
-        "data.options.scale=[96,96]",
-        "data.num_workers=0",
-        "student.kwargs.backbone_pretrained=null",  # no ImageNet weights offline
-        "train.max_steps=2",
-        "train.max_eval_batches=1",
-        f"train.out_dir={tmp_path}",
-        "train.name=run",
-    ]
-    metrics = build_trainer(load_config(FOLDER / name, overrides), "test").fit()
+def test_recipe_trains_two_steps(name: str, shapes_data: tuple[str, ...], recipe_run) -> None:
+    metrics = recipe_run.trainer(FOLDER / name, shapes_data).fit()
     assert 0.0 <= metrics["AP"] <= 1.0
-    lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
-    train = [r for r in map(json.loads, lines) if r["kind"] == "train"]
-    assert train and train[-1]["step"] == 2
-    losses = {k: v for k, v in train[-1].items() if k.startswith("detection.")}
+    losses = {k: v for k, v in recipe_run.last_record().items() if k.startswith("detection.")}
     assert {"detection.cls", "detection.pts_init", "detection.pts_refine"} <= set(losses)
     assert all(math.isfinite(v) for v in losses.values())

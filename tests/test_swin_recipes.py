@@ -3,7 +3,6 @@ numbers and settings, and each trains two steps on shapes with a real Swin-T."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -11,8 +10,6 @@ import pytest
 from omegaconf import OmegaConf
 
 from kdforge.config import load_config
-from kdforge.data.shapes import write_shapes_dataset
-from kdforge.engine.build import build_trainer
 
 COCO = Path(__file__).resolve().parents[1] / "kdforge" / "recipes" / "coco"
 TEACHER = "retinanet/retinanet_swin-t-p4-w7_fpn_1x.yaml"
@@ -65,40 +62,15 @@ def test_crosskd_recipe_keeps_the_official_row() -> None:
     assert cfg.optim == base.optim and cfg.schedule == base.schedule and cfg.data == base.data
 
 
-@pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    return write_shapes_dataset(root, num_train=4, num_val=2, image_size=(96, 96))
-
-
 @pytest.mark.parametrize("name", [TEACHER, CROSSKD])
-def test_recipe_trains_two_steps(name: str, shapes_root: Path, tmp_path: Path) -> None:
-    overrides = [
-        f"data.root={shapes_root}",
-        "data.options.train_split=train",
-        "data.options.val_split=val",
-        "data.options.scale=[96,96]",
-        "data.num_workers=0",
-        "teacher.pretrained=null",
-        "student.kwargs.backbone_pretrained=null",  # no ImageNet weights offline
-        "train.check_teacher=false",
-        "train.max_steps=2",
-        "train.max_eval_batches=1",
-        f"train.out_dir={tmp_path}",
-        "train.name=run",
-    ]
-    if name == CROSSKD:  # a real Swin-T teacher; a smaller CNN student with the same FPN width
-        overrides.append("student.name=retinanet_r18_fpn")
-    trainer = build_trainer(load_config(COCO / name, overrides), "test")
-    metrics = trainer.fit()
+def test_recipe_trains_two_steps(name: str, shapes_data: tuple[str, ...], recipe_run) -> None:
+    # CrossKD: a real Swin-T teacher; a smaller CNN student with the same FPN width
+    student = ["student.name=retinanet_r18_fpn"] if name == CROSSKD else []
+    metrics = recipe_run.trainer(COCO / name, shapes_data, *student).fit()
     assert 0.0 <= metrics["AP"] <= 1.0
-    records = [
-        json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
-    ]
-    train = [r for r in records if r["kind"] == "train"]
-    assert train and train[-1]["step"] == 2
+    record = recipe_run.last_record()
     expected = {"detection.cls", "detection.bbox"}
     if name == CROSSKD:
         expected |= {"crosskd.cls", "crosskd.reg"}
-    assert expected <= set(train[-1])
-    assert all(math.isfinite(train[-1][k]) for k in expected)
+    assert expected <= set(record)
+    assert all(math.isfinite(record[k]) for k in expected)
