@@ -30,7 +30,7 @@ timeout 40 python3 benchmarks/roi_align.py --device cuda --repeats 20 --warmup 3
 timeout 40 python3 benchmarks/deform_conv.py --device cuda --repeats 20 --warmup 3 \
   --out "$out/deform_conv_cuda.json" 2>&1 | tail -n 6
 
-timeout 220 python3 benchmarks/shapes_kd.py --only reppoints --device cuda --threads 4 \
+timeout 200 python3 benchmarks/shapes_kd.py --only reppoints --device cuda --threads 4 \
   --reppoints-teacher-epochs 48 --reppoints-epochs 24 \
   --out /tmp/shapes_kd 2>&1 | grep -v Warning | tail -n 30 | tee "$out/shapes_kd.txt"
 cp /tmp/shapes_kd/results.json "$out/shapes_kd.json" 2>/dev/null
