@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU checks of the detector families added after gpu_check.sh (two-stage, RepPoints, Swin,
-# DINO, Grounding DINO), in one run of about 9 minutes on one H200:
+# DINO, Grounding DINO), in one run of about 6.5 minutes on one H200:
 #   1. the plain-torch ops on CUDA = on the CPU (tests/models/detection/test_ops_cuda.py) and
 #      every recipe of these families trained two steps on CUDA (train.device=auto);
 #   2. `kdforge bench --device cuda` on the coco-two-stage, coco-swin and coco-dino groups;
@@ -30,7 +30,7 @@ timeout 40 python3 benchmarks/roi_align.py --device cuda --repeats 20 --warmup 3
 timeout 40 python3 benchmarks/deform_conv.py --device cuda --repeats 20 --warmup 3 \
   --out "$out/deform_conv_cuda.json" 2>&1 | tail -n 6
 
-timeout 200 python3 benchmarks/shapes_kd.py --only reppoints --device cuda --threads 4 \
+timeout 260 python3 benchmarks/shapes_kd.py --only reppoints --device cuda --threads 4 \
   --reppoints-teacher-epochs 48 --reppoints-epochs 24 \
   --out /tmp/shapes_kd 2>&1 | grep -v Warning | tail -n 30 | tee "$out/shapes_kd.txt"
 cp /tmp/shapes_kd/results.json "$out/shapes_kd.json" 2>/dev/null
