@@ -7,10 +7,8 @@ is checked once, where the object it concerns is made.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +36,7 @@ from kdforge.engine.checkpoint import load_checkpoint
 from kdforge.engine.class_names import check_class_names
 from kdforge.engine.distributed import DistInfo, init_distributed
 from kdforge.engine.ema import ModelEMA, adjusted_ema_decay
-from kdforge.engine.optim import make_optimizer, make_scheduler, parameter_groups
+from kdforge.engine.optim import Optimizers, build_optimizer
 from kdforge.engine.run_folder import RunFolder
 from kdforge.engine.seeding import seed_everything, use_deterministic_algorithms
 from kdforge.engine.tasks import Task, get_task
@@ -206,59 +204,6 @@ def build_distiller(
     if cfg.train.compile:
         distiller.compile_models()
     return distiller
-
-
-@dataclass
-class Optimizers:
-    """The main optimizer and schedule, and the auxiliary ones (None without auxiliary
-    parameters); ``epochs`` and ``max_steps`` as the schedule resolves them."""
-
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    auxiliary: torch.optim.Optimizer | None
-    auxiliary_scheduler: torch.optim.lr_scheduler.LRScheduler | None
-    epochs: int
-    max_steps: int | None
-
-
-def build_optimizer(
-    cfg: DictConfig, distiller: Distiller, dist: DistInfo, steps_per_epoch: int
-) -> Optimizers:
-    """The optimizer over the student and connectors (parameter groups by the recipe), its
-    schedule, and a separate optimizer for the terms' auxiliary parameters."""
-    optim = cfg.optim
-    lr = optim.lr
-    if optim.base_batch_size:  # linear scaling rule: lr is given for base_batch_size images
-        lr = optim.lr * dist.world_size * cfg.data.batch_size / optim.base_batch_size
-    options = (optim.name, lr, optim.momentum, optim.nesterov, tuple(optim.betas))
-    options += (optim.weight_decay,)
-    aux_terms = [t for t in distiller.terms.values() if t.auxiliary_parameters()]
-    aux_ids = {id(p) for t in aux_terms for p in t.auxiliary_parameters()}
-    groups = parameter_groups(
-        distiller,
-        lr,
-        optim.norm_weight_decay,
-        optim.bias_lr_mult,
-        optim.bias_weight_decay,
-        exclude=aux_ids,
-        lr_mults=dict(optim.lr_mults),
-    )
-    optimizer = make_optimizer(groups, *options)
-    schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
-    epochs = schedule.pop("epochs")
-    max_steps = cfg.train.max_steps
-    if schedule["iters"]:  # an iteration budget (mmsegmentation style): enough epochs for it
-        epochs = math.ceil(schedule["iters"] / steps_per_epoch)
-        max_steps = min(max_steps or schedule["iters"], schedule["iters"])
-    scheduler = make_scheduler(optimizer, steps_per_epoch, epochs, **schedule)
-    auxiliary = auxiliary_scheduler = None
-    if aux_terms:
-        aux_groups = [
-            {"params": t.auxiliary_parameters(), "lr": lr * t.auxiliary_lr_scale} for t in aux_terms
-        ]
-        auxiliary = make_optimizer(aux_groups, *options)
-        auxiliary_scheduler = make_scheduler(auxiliary, steps_per_epoch, epochs, **schedule)
-    return Optimizers(optimizer, scheduler, auxiliary, auxiliary_scheduler, epochs, max_steps)
 
 
 def build_hooks(

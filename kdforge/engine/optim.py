@@ -1,16 +1,30 @@
 """Optimizers, their parameter groups, and per-step learning-rate schedules (multistep,
-cosine, poly; warm-up by step or by epoch)."""
+cosine, poly; warm-up by step or by epoch); ``build_optimizer`` builds them from a recipe."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["lr_factor", "make_optimizer", "make_scheduler", "parameter_groups"]
+if TYPE_CHECKING:
+    from kdforge.distiller import Distiller
+    from kdforge.engine.distributed import DistInfo
+
+__all__ = [
+    "Optimizers",
+    "build_optimizer",
+    "lr_factor",
+    "make_optimizer",
+    "make_scheduler",
+    "parameter_groups",
+]
 
 # mmengine's and torchvision's normalisation layers (LocalResponseNorm has no parameters)
 _NORM_LAYERS = (
@@ -185,3 +199,56 @@ def make_scheduler(
     schedule["min_lr_ratio"] = min_lr / base_lr if base_lr else 0.0
     lr_factor(0, steps_per_epoch, epochs, **schedule)  # fail now on a bad schedule name
     return LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, epochs, **schedule))
+
+
+@dataclass
+class Optimizers:
+    """The main optimizer and schedule, and the auxiliary ones (None without auxiliary
+    parameters); ``epochs`` and ``max_steps`` as the schedule resolves them."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    auxiliary: torch.optim.Optimizer | None
+    auxiliary_scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    epochs: int
+    max_steps: int | None
+
+
+def build_optimizer(
+    cfg: DictConfig, distiller: Distiller, dist: DistInfo, steps_per_epoch: int
+) -> Optimizers:
+    """The optimizer over the student and connectors (parameter groups by the recipe), its
+    schedule, and a separate optimizer for the terms' auxiliary parameters."""
+    optim = cfg.optim
+    lr = optim.lr
+    if optim.base_batch_size:  # linear scaling rule: lr is given for base_batch_size images
+        lr = optim.lr * dist.world_size * cfg.data.batch_size / optim.base_batch_size
+    options = (optim.name, lr, optim.momentum, optim.nesterov, tuple(optim.betas))
+    options += (optim.weight_decay,)
+    aux_terms = [t for t in distiller.terms.values() if t.auxiliary_parameters()]
+    aux_ids = {id(p) for t in aux_terms for p in t.auxiliary_parameters()}
+    groups = parameter_groups(
+        distiller,
+        lr,
+        optim.norm_weight_decay,
+        optim.bias_lr_mult,
+        optim.bias_weight_decay,
+        exclude=aux_ids,
+        lr_mults=dict(optim.lr_mults),
+    )
+    optimizer = make_optimizer(groups, *options)
+    schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
+    epochs = schedule.pop("epochs")
+    max_steps = cfg.train.max_steps
+    if schedule["iters"]:  # an iteration budget (mmsegmentation style): enough epochs for it
+        epochs = math.ceil(schedule["iters"] / steps_per_epoch)
+        max_steps = min(max_steps or schedule["iters"], schedule["iters"])
+    scheduler = make_scheduler(optimizer, steps_per_epoch, epochs, **schedule)
+    auxiliary = auxiliary_scheduler = None
+    if aux_terms:
+        aux_groups = [
+            {"params": t.auxiliary_parameters(), "lr": lr * t.auxiliary_lr_scale} for t in aux_terms
+        ]
+        auxiliary = make_optimizer(aux_groups, *options)
+        auxiliary_scheduler = make_scheduler(auxiliary, steps_per_epoch, epochs, **schedule)
+    return Optimizers(optimizer, scheduler, auxiliary, auxiliary_scheduler, epochs, max_steps)
