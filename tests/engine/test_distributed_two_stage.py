@@ -1,6 +1,7 @@
-"""A two-stage detector (and RepPoints, whose deformable convs and two-stage point targets
-are its own) under 2-process DDP (gloo, CPU): RoI sampling runs per process on its own
-seeded stream, every parameter gets its gradient, and the replicas stay in sync."""
+"""Detectors with CanKD under 2-process DDP (gloo, CPU): a two-stage one (RoI sampling per
+process on its own seeded stream), RepPoints (deformable convs, two-stage point targets), a
+Swin RetinaNet and a small DINO (denoising queries, CanKD on its channel mapper): every
+parameter gets its gradient, every loss is finite, and the replicas stay in sync."""
 
 import json
 import math
@@ -37,19 +38,36 @@ SCRIPT = textwrap.dedent(
 )
 
 
-HEAD_LOSSES = {
-    "faster_rcnn_r18_fpn": ["detection.rpn_cls", "detection.cls", "detection.bbox"],
-    "reppoints_moment_r18_fpn_gn": ["detection.cls", "detection.pts_init", "detection.pts_refine"],
+FPN = [f"neck.fpn_convs.{i}" for i in range(4)]
+# model: (head losses, CanKD's tapped layers, teacher and student kwargs)
+MODELS = {
+    "faster_rcnn_r18_fpn": (["detection.rpn_cls", "detection.cls", "detection.bbox"], FPN, "{}"),
+    "reppoints_moment_r18_fpn_gn": (
+        ["detection.cls", "detection.pts_init", "detection.pts_refine"],
+        FPN,
+        "{}",
+    ),
+    "retinanet_swin_t_fpn": (
+        ["detection.cls", "detection.bbox"],
+        FPN,
+        "{fpn_channels: 64, feat_channels: 64, stacked_convs: 1}",
+    ),
+    "dino_4scale_r18": (
+        ["detection.cls", "detection.dn_loss_bbox", "detection.enc_loss_iou"],
+        [f"neck.convs.{i}" for i in range(3)],
+        "{num_queries: 30, embed_dims: 64, num_encoder_layers: 2, num_decoder_layers: 2, "
+        "feedforward_channels: 128, num_dn_queries: 10}",
+    ),
 }
 
 
-@pytest.mark.parametrize("model", sorted(HEAD_LOSSES))
+@pytest.mark.parametrize("model", sorted(MODELS))
 def test_detector_with_cankd_under_ddp(model, tmp_path):
     root = write_shapes_dataset(tmp_path / "shapes", num_train=4, num_val=2, image_size=(96, 96))
     script = tmp_path / "ddp_two_stage.py"
     script.write_text(SCRIPT)
     result_file = tmp_path / "result.json"
-    fpn = [f"neck.fpn_convs.{i}" for i in range(4)]
+    losses, layers, kwargs = MODELS[model]
     overrides = [
         "task=detection",
         "data.name=coco",
@@ -59,8 +77,10 @@ def test_detector_with_cankd_under_ddp(model, tmp_path):
         "data.num_workers=0",
         f"teacher.name={model}",
         "teacher.truncate=true",
+        f"teacher.kwargs={kwargs}",
         f"student.name={model}",
-        f"loss={{detection: {{}}, cankd: {{student_layers: [{', '.join(fpn)}]}}}}",
+        f"student.kwargs={kwargs}",
+        f"loss={{detection: {{}}, cankd: {{student_layers: [{', '.join(layers)}]}}}}",
         "optim.lr=0.001",
         "schedule.epochs=1",
         "train.check_teacher=false",
@@ -78,10 +98,10 @@ def test_detector_with_cankd_under_ddp(model, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(result_file.read_text())
-    assert result["same_weights"]  # DDP averaged the RoI heads' gradients too
+    assert result["same_weights"]  # DDP averaged every head's gradients
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     train = [r for r in log if r["kind"] == "train"]
     assert [r["step"] for r in train] == [1, 2]  # 4 images / 2 processes / batch 1
-    keys = [*HEAD_LOSSES[model], *(f"cankd.{f}" for f in fpn)]
+    keys = [*losses, *(f"cankd.{f}" for f in layers)]
     for key in keys:
         assert all(math.isfinite(r[key]) for r in train), key
