@@ -27,6 +27,11 @@ EXPECTED = {
         "in its README (the student).",
         "retinanet_r50_fpn", None, 0.005, 16, {"detection": {}},
     ),
+    "retinanet/retinanet_r18_fpn_1x.yaml": (
+        f"# {CONFIGS}object365/retinanet_r18_fpn_1x_objects365v2.py: no number reported (README "
+        "or logs).",
+        "retinanet_r18_fpn", None, 0.005, 16, {"detection": {}},
+    ),
     "cankd/cankd-dagger_retinanet_r101_retinanet_r50_fpn_1x.yaml": (
         f"# {CONFIGS}distill/mmdet/nlkd/nlkdD_fpn_retinanet-r101_retinanet-r50_1x_objects365v2.py:"
         " box AP 18.4 in its README.",
@@ -35,7 +40,17 @@ EXPECTED = {
                                     "init_from_teacher": ["neck", "bbox_head"]}},
     ),
 }  # fmt: skip
-BACKBONES = {"retinanet_r50_fpn": "resnet50-19c8e357", "retinanet_r101_fpn": "resnet101-5d3b4d8f"}
+BACKBONES = {
+    "retinanet_r18_fpn": "resnet18-5c106cde",
+    "retinanet_r50_fpn": "resnet50-19c8e357",
+    "retinanet_r101_fpn": "resnet101-5d3b4d8f",
+}
+# FPN in_channels of the configs ([64, 128, 256, 512] for R-18) from start_level 1
+LATERALS = {
+    "retinanet_r18_fpn": [128, 256, 512],
+    "retinanet_r50_fpn": [512, 1024, 2048],
+    "retinanet_r101_fpn": [512, 1024, 2048],
+}
 
 
 def test_every_recipe_is_listed():
@@ -82,6 +97,8 @@ def test_recipe_trains_two_steps(name: str, o365_root: Path, recipe_run):
     trainer = recipe_run.trainer(O365 / name, [f"data.root={o365_root}"])
     student = trainer.model.student
     assert student.bbox_head.retina_cls.out_channels == 9 * 365  # 9 anchors x 365 classes
+    laterals = [conv.conv.in_channels for conv in student.neck.lateral_convs]
+    assert laterals == LATERALS[EXPECTED[name][1]]
     _, _, teacher, lr, batch, loss = EXPECTED[name]
     base_lrs = sorted({group["initial_lr"] for group in trainer.optimizer.param_groups})
     assert base_lrs == pytest.approx([lr * 2 / batch])  # linear scaling to 2 images
