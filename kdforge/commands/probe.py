@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from kdforge.commands.convert import _keyword  # KEY=VALUE, the value read as YAML
+
+ROLES = ("teacher", "student")
 
 HELP = "list module paths and output shapes to pick taps"
 DESCRIPTION = (
@@ -24,6 +29,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("C", "H", "W"),
         help="input size (default: the model's own, e.g. 3 32 32 for CIFAR)",
     )
+    parser.add_argument(
+        "--kwarg",
+        nargs="+",
+        action="extend",
+        type=_role_keyword,
+        default=[],
+        metavar="ROLE.KEY=VALUE",
+        help="builder keywords of the teacher or student, the value read as YAML "
+        "(student.fpn_channels=32 teacher.class_names=[cat,dog] ...)",
+    )
+
+
+def _role_keyword(text: str) -> tuple[str, str, Any]:
+    """``ROLE.KEY=VALUE`` -> ``(role, key, value)``, ROLE ``teacher`` or ``student``."""
+    role, sep, rest = text.partition(".")
+    if not sep or role not in ROLES:
+        raise argparse.ArgumentTypeError(
+            f"expected teacher.KEY=VALUE or student.KEY=VALUE, got {text!r}"
+        )
+    return (role, *_keyword(rest))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -32,7 +57,7 @@ def run(args: argparse.Namespace) -> None:
     from kdforge.analysis.probe import format_probe, probe_model
     from kdforge.config import load_config
     from kdforge.errors import ConfigError
-    from kdforge.models import create_model, get_model_info
+    from kdforge.models.factory import build_model, get_model_info
 
     if args.config:
         cfg = load_config(args.config)
@@ -42,8 +67,13 @@ def run(args: argparse.Namespace) -> None:
     names = {role: name for role, name in names.items() if name}
     if not names:
         raise ConfigError("kdforge probe needs a recipe or --teacher/--student NAME")
+    kwargs: dict[str, dict[str, Any]] = {role: {} for role in names}
+    for role, key, value in args.kwarg:
+        if role not in kwargs:
+            raise ConfigError(f"--kwarg {role}.{key}: no {role} to probe; name it with --{role}")
+        kwargs[role][key] = value
     for role, name in names.items():
         size = tuple(args.input_size or get_model_info(name).input_size)
-        rows = probe_model(create_model(name), torch.zeros(1, *size))
+        rows = probe_model(build_model(name, kwargs[role]), torch.zeros(1, *size))
         print(format_probe(f"{role}: {name} on input 1x{'x'.join(map(str, size))}", rows))
         print()
