@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-__all__ = ["add_overrides", "add_role"]
+import yaml
+
+__all__ = ["add_overrides", "add_role", "keyword_value"]
 
 
 def add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -27,3 +30,14 @@ def add_role(parser: argparse.ArgumentParser) -> None:
         default="student",
         help="which model of the recipe to build (default student)",
     )
+
+
+def keyword_value(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as YAML (``true``, ``0.6``, ``caffe``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not YAML") from None

@@ -8,8 +8,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from kdforge.commands._args import keyword_value
 from kdforge.errors import ConfigError
 
 __all__ = ["CONVERTERS", "convert"]
@@ -87,17 +86,6 @@ def convert(
     return out
 
 
-def _keyword(text: str) -> tuple[str, Any]:
-    """``key=value`` with the value read as YAML (``true``, ``0.6``, ``caffe``)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    try:
-        return key, yaml.safe_load(value)
-    except yaml.YAMLError:
-        raise argparse.ArgumentTypeError(f"{text!r}: the value is not YAML") from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", choices=sorted(CONVERTERS), help="which library wrote SRC")
     parser.add_argument("src", help="the OpenMMLab .pth (or timm ViT) checkpoint")
@@ -112,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--kwarg",
         nargs="+",
         action="extend",
-        type=_keyword,
+        type=keyword_value,
         default=[],
         metavar="KEY=VALUE",
         help="builder keywords, winning over the weights and the name (norm_on_bbox=true "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kdforge.commands.convert import _keyword  # KEY=VALUE, the value read as YAML
+from kdforge.commands._args import keyword_value
 
 ROLES = ("teacher", "student")
 
@@ -48,7 +48,7 @@ def _role_keyword(text: str) -> tuple[str, str, Any]:
         raise argparse.ArgumentTypeError(
             f"expected teacher.KEY=VALUE or student.KEY=VALUE, got {text!r}"
         )
-    return (role, *_keyword(rest))
+    return (role, *keyword_value(rest))
 
 
 def run(args: argparse.Namespace) -> None:
